@@ -1,0 +1,11 @@
+"""Small helpers shared by result objects for Jupyter display (HTML tables)."""
+
+import html
+
+import pandas as pd
+
+
+def frame_html(title: str, frame: pd.DataFrame, *, max_rows: int = 30) -> str:
+    """A bold title line above a (truncated) DataFrame rendered as an HTML table."""
+    body = frame.to_html(max_rows=max_rows, float_format=lambda v: f"{v:.4g}")
+    return f"<div><p>{html.escape(title) if '<' not in title else title}</p>{body}</div>"

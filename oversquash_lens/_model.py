@@ -1,0 +1,388 @@
+"""The one place that knows TransformerLens: hook names, version differences, guards.
+
+Every other module asks this one for hook names, model facts and validated tokens, and runs
+forward passes through :func:`run_with_hooks` so that hooks are always removed and the model's
+state is always restored (also when an exception is raised inside a forward pass).
+
+Supported model objects (duck-typed on the HookedRootModule API):
+``transformer_lens.TransformerBridge`` (TL 3.9+/4.x) and the legacy ``HookedTransformer``
+(TL 2.x/3.x).
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
+
+# --------------------------------------------------------------------------- hook names
+EMBED = "hook_embed"
+
+
+def resid_name(layer: int) -> str:
+    """Hook for residual layer ``layer`` in 0..n_layers (0 = input of block 0)."""
+    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
+
+
+def resid_pre_name(block: int) -> str:
+    return f"blocks.{block}.hook_resid_pre"
+
+
+def resid_post_name(block: int) -> str:
+    return f"blocks.{block}.hook_resid_post"
+
+
+def pattern_name(block: int) -> str:
+    """``[batch, head, query_pos, key_pos]`` post-softmax attention of block ``block``."""
+    return f"blocks.{block}.attn.hook_pattern"
+
+
+def z_name(block: int) -> str:
+    """``[batch, pos, head, d_head]`` per-head attention outputs before W_O."""
+    return f"blocks.{block}.attn.hook_z"
+
+
+def attn_out_name(block: int) -> str:
+    return f"blocks.{block}.hook_attn_out"
+
+
+def attn_scores_name(block: int) -> str:
+    """Pre-softmax scores. Unreliable on ``boot_native`` bridges (holds the pattern there)."""
+    return f"blocks.{block}.attn.hook_attn_scores"
+
+
+# --------------------------------------------------------------------------- model facts
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shape facts of a TransformerLens model, read once from ``model.cfg``."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    n_ctx: int
+    d_vocab: int
+    positional: str
+    family: str  # "bridge" or "hooked"
+    has_resid_mid: bool
+    name: str
+
+
+_HOOK_API = ("run_with_hooks", "run_with_cache", "hooks", "cfg")
+
+
+def model_info(model: Any) -> ModelInfo:
+    """Validate that ``model`` is a causal TransformerLens model and return its shape facts."""
+    missing = [a for a in _HOOK_API if not hasattr(model, a)]
+    if missing or not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(
+            f"expected a TransformerLens model (TransformerBridge or HookedTransformer), got "
+            f"{type(model).__name__!s} {_short(model)} "
+            f"(missing: {', '.join(missing) or 'nn.Module'})"
+        )
+    cfg = model.cfg
+    direction = str(getattr(cfg, "attention_dir", "causal") or "causal")
+    arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
+    if direction != "causal" or any(k in arch for k in ("Bert", "Encoder", "T5", "Bart")):
+        raise UnsupportedModelError(
+            f"model {getattr(cfg, 'model_name', arch)!r} has attention_dir={direction!r} "
+            f"(architecture {arch!r}); oversquash_lens analyses causal decoder-only models only"
+        )
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    family = "hooked" if type(model).__name__ == "HookedTransformer" else "bridge"
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False)) or "NeoX" in arch
+    if family == "bridge":
+        has_mid = "blocks.0.hook_resid_mid" in getattr(model, "hook_dict", {})
+    else:
+        has_mid = not parallel
+    return ModelInfo(
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        n_ctx=int(cfg.n_ctx),
+        d_vocab=int(cfg.d_vocab),
+        positional=str(getattr(cfg, "positional_embedding_type", "standard")),
+        family=family,
+        has_resid_mid=has_mid,
+        name=str(getattr(cfg, "model_name", "") or arch or type(model).__name__),
+    )
+
+
+def _short(x: Any, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+# --------------------------------------------------------------------------- weights
+def w_o(model: Any, block: int) -> Float[Tensor, "head_index d_head d_model"]:
+    """Output projection of every query head of ``block`` (detached)."""
+    return model.blocks[block].attn.W_O.detach()
+
+
+def w_v(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
+    """Value projection per *query* head (grouped K/V heads repeated to match), detached."""
+    wv = model.blocks[block].attn.W_V.detach()
+    if wv.ndim == 3 and wv.shape[0] != model.cfg.n_heads:
+        wv = wv.repeat_interleave(model.cfg.n_heads // wv.shape[0], dim=0)
+    return wv
+
+
+# --------------------------------------------------------------------------- dtypes
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """Map a dtype or its name (``"bfloat16"``, ``"bf16"``...) to a torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise InvalidArgumentError(
+        f"dtype={dtype!r} is not one of {sorted(set(_DTYPES))} or a torch.dtype"
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+def prepare_tokens(
+    model: Any, tokens: Any, info: ModelInfo | None = None, *, name: str = "tokens"
+) -> Int[Tensor, "batch pos"]:
+    """Validate ``tokens`` and return a ``[batch, pos]`` LongTensor on the model's device.
+
+    Accepts a string or list of strings (tokenized with ``model.to_tokens``), a list of ints,
+    a list of equal-length lists of ints, or a 1-D/2-D integer tensor.
+    """
+    info = info or model_info(model)
+    if isinstance(tokens, str) or (
+        isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)
+    ):
+        if getattr(model, "tokenizer", None) is None:
+            raise InvalidTokensError(
+                f"{name}={_short(tokens)} is text but the model has no tokenizer; pass token ids"
+            )
+        if isinstance(tokens, str) and not tokens:
+            raise InvalidTokensError(f"{name}='' is empty")
+        tokens = model.to_tokens(tokens)
+    if not isinstance(tokens, Tensor):
+        try:
+            tokens = torch.tensor(tokens)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTokensError(
+                f"{name}={_short(tokens)} cannot be read as token ids ({exc})"
+            ) from None
+    if tokens.numel() == 0:
+        raise InvalidTokensError(f"{name} is empty (shape {tuple(tokens.shape)})")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise InvalidTokensError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens.unsqueeze(0)
+    if tokens.ndim != 2:
+        raise InvalidTokensError(
+            f"{name} must be [pos] or [batch, pos], got shape {tuple(tokens.shape)}"
+        )
+    if tokens.numel() == 0:
+        raise InvalidTokensError(f"{name} is empty (shape {tuple(tokens.shape)})")
+    if tokens.shape[1] > info.n_ctx:
+        raise InvalidTokensError(
+            f"{name} has {tokens.shape[1]} positions, more than the model's n_ctx={info.n_ctx}"
+        )
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= info.d_vocab:
+        bad = lo if lo < 0 else hi
+        raise InvalidTokensError(
+            f"{name} contains token id {bad}, outside the vocabulary [0, {info.d_vocab})"
+        )
+    return tokens.to(device=model_device(model), dtype=torch.long)
+
+
+def resolve_index(index: int, n: int, *, name: str = "target") -> int:
+    """Normalise a (possibly negative) position index into ``0..n-1`` or raise."""
+    if isinstance(index, bool) or not isinstance(index, (int, torch.SymInt)):
+        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
+            index = int(index)
+        else:
+            raise InvalidArgumentError(f"{name}={index!r} must be an int position")
+    if not -n <= index < n:
+        raise InvalidArgumentError(f"{name}={index} is out of range for {n} positions")
+    return index % n
+
+
+def resolve_positions(
+    positions: int | Sequence[int] | slice | Tensor | None, n: int
+) -> Int[Tensor, " kept"]:
+    """Positions to keep (int, list, slice, 1-D tensor; negatives allowed), in given order."""
+    if positions is None:
+        return torch.arange(n)
+    if isinstance(positions, slice):
+        idx = torch.arange(n)[positions]
+        if idx.numel() == 0:
+            raise InvalidArgumentError(f"positions={positions!r} selects nothing of {n} positions")
+        return idx
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        return torch.tensor([resolve_index(positions, n, name="positions")])
+    if isinstance(positions, Tensor):
+        positions = positions.flatten().tolist()
+    try:
+        items = list(positions)
+    except TypeError:
+        msg = f"positions={positions!r} is not an int, list or slice"
+        raise InvalidArgumentError(msg) from None
+    if not items:
+        raise InvalidArgumentError("positions=[] selects nothing")
+    return torch.tensor([resolve_index(p, n, name="positions") for p in items])
+
+
+# --------------------------------------------------------------------------- guards
+def count_hooks(model: torch.nn.Module) -> int:
+    """Total number of PyTorch hooks registered on any submodule (used to prove no leaks)."""
+    total = 0
+    for m in model.modules():
+        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+    return total
+
+
+@contextlib.contextmanager
+def preserved(
+    model: torch.nn.Module, *, eval_mode: bool = True, freeze: bool = False
+) -> Iterator[None]:
+    """Run a block with the model in eval mode (and parameters frozen if ``freeze``), then
+    restore every module's train/eval flag and every parameter's ``requires_grad``, also when
+    the block raises."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+Hook = tuple[str, Callable[..., Any]]
+
+
+def run_with_hooks(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    fwd_hooks: Sequence[Hook],
+    *,
+    grad: bool = False,
+    stop_at_layer: int | None = None,
+    freeze: bool = False,
+) -> Any:
+    """One forward pass with temporary hooks; hooks removed and model state restored always.
+
+    Returns the logits (or the residual stream when ``stop_at_layer`` is given).
+    """
+    ctx = contextlib.nullcontext() if grad else torch.no_grad()
+    kwargs: dict[str, Any] = {}
+    if stop_at_layer is not None:
+        kwargs["stop_at_layer"] = stop_at_layer
+    with preserved(model, freeze=freeze), ctx, model.hooks(fwd_hooks=list(fwd_hooks)):
+        return model(tokens, **kwargs)
+
+
+def capture(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    names: Sequence[str],
+    *,
+    transform: Callable[[str, Tensor], Tensor] | None = None,
+    stop_at_layer: int | None = None,
+) -> dict[str, Tensor]:
+    """Capture the listed hook activations in one forward pass (detached copies).
+
+    ``transform(name, activation)`` may shrink each activation inside the hook (e.g. keep only a
+    few positions) so memory stays proportional to what is kept, never a full cache.
+    """
+    store: dict[str, Tensor] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        # Bind the name we asked for: TL 4 passes alias hook points (hook.name may differ).
+        def hook(x: Tensor, hook: Any) -> None:
+            kept = transform(name, x) if transform is not None else x
+            store[name] = kept.detach().clone()
+
+        return hook
+
+    run_with_hooks(model, tokens, [(n, make_hook(n)) for n in names], stop_at_layer=stop_at_layer)
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise UnsupportedModelError(
+            f"model {model_info(model).name!r} did not fire hook(s) {missing[:3]}"
+        )
+    return store
+
+
+def attention_patterns(
+    model: Any, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch layer head_index query_pos key_pos"]:
+    """Post-softmax attention of every layer and head, for each sequence in the batch."""
+    info = model_info(model)
+    names = [pattern_name(b) for b in range(info.n_layers)]
+    store = capture(model, tokens, names)
+    return torch.stack([store[n] for n in names], dim=1)
+
+
+def is_activation_cache(obj: Any) -> bool:
+    """True for a TransformerLens ActivationCache (from either TL version) or a plain dict cache."""
+    return type(obj).__name__ == "ActivationCache" or (
+        isinstance(obj, dict) and any(isinstance(k, str) and "hook_" in k for k in obj)
+    )
+
+
+def patterns_from_cache(
+    cache: Any, *, batch_index: int = 0
+) -> Float[Tensor, "layer head_index query_pos key_pos"]:
+    """Stack ``blocks.{l}.attn.hook_pattern`` from an ActivationCache (read-only)."""
+    keys = [k for k in cache.keys() if k.endswith("attn.hook_pattern")]
+    if not keys:
+        raise InvalidArgumentError(
+            "the cache holds no 'blocks.{l}.attn.hook_pattern' entries; run_with_cache with "
+            "names_filter=lambda n: n.endswith('hook_pattern')"
+        )
+    keys.sort(key=lambda k: int(k.split(".")[1]))
+    out = []
+    for k in keys:
+        t = cache[k]
+        if t.ndim == 4:
+            t = t[batch_index]
+        out.append(t)
+    return torch.stack(out, dim=0)

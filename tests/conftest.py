@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny offline models of several architectures, and no network."""
+
+import socket
+
+import pytest
+import torch
+
+from oversquash_lens import testing
+
+ARCHS = [*testing.ARCHITECTURES, "native"]
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Fail any attempt to open a network connection: analysis must never reach out."""
+
+    def refuse(self, address, *args, **kwargs):
+        family = getattr(self, "family", None)
+        if family == socket.AF_UNIX:
+            return _real_connect(self, address, *args, **kwargs)
+        raise RuntimeError(f"network access attempted: {address!r}")
+
+    _real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: refuse(None, a[0] if a else k))
+
+
+_CACHE: dict[str, torch.nn.Module] = {}
+
+
+def build(arch: str) -> torch.nn.Module:
+    """Session-cached tiny model of ``arch`` (GPT-2, GPT-NeoX, Llama, Gemma or TL-native)."""
+    if arch not in _CACHE:
+        if arch == "native":
+            _CACHE[arch] = testing.tiny_native_model()
+        else:
+            _CACHE[arch] = testing.tiny_model(arch)
+    return _CACHE[arch]
+
+
+@pytest.fixture(params=ARCHS)
+def arch_model(request):
+    """Each of the five fixture architectures in turn."""
+    return build(request.param)
+
+
+@pytest.fixture
+def llama():
+    return build("llama")
+
+
+@pytest.fixture
+def gpt2():
+    return build("gpt2")
+
+
+def state_snapshot(model):
+    """Everything a call must leave unchanged: parameters (bitwise), modes, flags, hooks."""
+    from oversquash_lens import _model
+
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        _model.count_hooks(model),
+    )
+
+
+def assert_unchanged(model, snapshot):
+    params, modes, grads, hooks = snapshot
+    after = state_snapshot(model)
+    assert after[1] == modes, "train/eval mode changed"
+    assert after[2] == grads, "requires_grad changed"
+    assert after[3] == hooks, f"hooks leaked: {hooks} before, {after[3]} after"
+    for key, value in params.items():
+        assert torch.equal(after[0][key], value), f"parameter {key} changed"
