@@ -56,6 +56,31 @@ def attn_scores_name(block: int) -> str:
     return f"blocks.{block}.attn.hook_attn_scores"
 
 
+# --------------------------------------------------------------------------- TL versions
+def bridge_class() -> Any:
+    """``TransformerBridge`` (top-level in TL 4, under ``model_bridge`` in TL 3.9)."""
+    try:
+        from transformer_lens import TransformerBridge
+    except ImportError:
+        from transformer_lens.model_bridge import TransformerBridge
+    return TransformerBridge
+
+
+def hooked_transformer_class() -> Any | None:
+    """The legacy ``HookedTransformer`` class (TL 2.x/3.x), or None on TL 4."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:
+        return None
+    return HookedTransformer
+
+
+def tl_major_version() -> int:
+    from importlib.metadata import version
+
+    return int(version("transformer-lens").split(".")[0])
+
+
 # --------------------------------------------------------------------------- model facts
 @dataclass(frozen=True)
 class ModelInfo:

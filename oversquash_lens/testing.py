@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARCHITECTURES", "tiny_model", "tiny_native_model", "tiny_tokenizer", "save_tiny_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "tiny_model",
+    "tiny_native_model",
+    "tiny_hooked_model",
+    "tiny_tokenizer",
+    "save_tiny_model",
+]
 
 ARCHITECTURES = ("gpt2", "neox", "llama", "gemma")
 
@@ -143,11 +150,11 @@ def tiny_model(arch: str = "llama", **kwargs: Any) -> Any:
     import contextlib
     import io
 
-    from transformer_lens import TransformerBridge
+    from ._model import bridge_class
 
     folder = save_tiny_model(arch, **kwargs)
     with contextlib.redirect_stderr(io.StringIO()):
-        model = TransformerBridge.boot_transformers(str(folder))
+        model = bridge_class().boot_transformers(str(folder))
     model.eval()
     return model
 
@@ -163,7 +170,9 @@ def tiny_native_model(
     **overrides: Any,
 ) -> Any:
     """A tiny random TL-native TransformerBridge (``boot_native``), no Hugging Face files."""
-    from transformer_lens import TransformerBridge, TransformerBridgeConfig
+    from transformer_lens import TransformerBridgeConfig
+
+    from ._model import bridge_class
 
     cfg = TransformerBridgeConfig(
         d_model=d_model,
@@ -177,6 +186,51 @@ def tiny_native_model(
         seed=seed,
         **overrides,
     )
-    model = TransformerBridge.boot_native(cfg)
+    model = bridge_class().boot_native(cfg)
+    model.eval()
+    return model
+
+
+def tiny_hooked_model(
+    *,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_ctx: int = 128,
+    d_vocab: int = 64,
+    positional_embedding_type: str = "standard",
+    seed: int = 0,
+    **overrides: Any,
+) -> Any:
+    """A tiny random legacy ``HookedTransformer`` (TL 2.x/3.x only) with the tiny tokenizer.
+
+    Raises ImportError on transformer-lens 4, which removed ``HookedTransformer``.
+    """
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_layers=n_layers,
+        n_ctx=n_ctx,
+        n_heads=n_heads,
+        d_vocab=d_vocab,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+        positional_embedding_type=positional_embedding_type,
+        **overrides,
+    )
+    from transformers import AutoTokenizer
+
+    # TL needs a tokenizer that was loaded from disk (it reads init_kwargs["name_or_path"]).
+    folder = tempfile.mkdtemp(prefix="oversquash_tiny_tok_")
+    tiny_tokenizer().save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.eval()
     return model

@@ -5,9 +5,14 @@ import socket
 import pytest
 import torch
 
-from oversquash_lens import testing
+from oversquash_lens import _model, testing
 
+TL_MAJOR = _model.tl_major_version()
+# Every architecture runs as a TransformerBridge; on transformer-lens 3.x the legacy
+# HookedTransformer (absolute and rotary/GQA variants) runs through the same tests.
 ARCHS = [*testing.ARCHITECTURES, "native"]
+if TL_MAJOR < 4:
+    ARCHS += ["hooked", "hooked-rotary"]
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +39,12 @@ def build(arch: str) -> torch.nn.Module:
     if arch not in _CACHE:
         if arch == "native":
             _CACHE[arch] = testing.tiny_native_model()
+        elif arch == "hooked":
+            _CACHE[arch] = testing.tiny_hooked_model()
+        elif arch == "hooked-rotary":
+            _CACHE[arch] = testing.tiny_hooked_model(
+                positional_embedding_type="rotary", n_key_value_heads=2
+            )
         else:
             _CACHE[arch] = testing.tiny_model(arch)
     return _CACHE[arch]
