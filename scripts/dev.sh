@@ -34,6 +34,17 @@ make_env() {  # make_env DIR TL_SPEC EXTRAS
   echo "$want" >"$stamp"
 }
 
+ensure_chromium() {  # the browser tests need Debian's chromium; CI installs it here
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium (apt-get) for the headless-browser tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+      >/dev/null 2>&1 || echo "warning: chromium could not be installed; browser tests skip" >&2
+  else
+    echo "note: chromium not installed and not root; browser tests will skip" >&2
+  fi
+}
+
 main_env() { make_env .venv "transformer-lens>=4.3,<5" "dev,embedded"; }
 tl3_env() { make_env .venv-tl3 "transformer-lens==3.9.0" "dev,embedded"; }
 
@@ -52,6 +63,7 @@ case "$cmd" in
   test)
     main_env
     tl3_env
+    ensure_chromium
     log "ruff"
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
