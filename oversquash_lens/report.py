@@ -1,0 +1,224 @@
+"""The HTML report: over-squashing at a glance for one model and a few default prompts.
+
+Sections: model card; representational collapse (repeated ones with and without separators,
+crossing lengths per precision); causal paths vs rollout vs the Theorem 5.1 bound vs measured
+Jacobian sensitivity on a copy prompt; the head table with flagged heads; attention views.
+Every section is measured when the report is built — nothing is precomputed.
+"""
+
+import html
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import _model, viz
+from ._display import frame_html
+
+__all__ = ["ReportConfig", "build_report", "DEFAULT_TEXT", "DEFAULT_COPY_PROMPT"]
+
+DEFAULT_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Researchers measure how information flows "
+    "through the layers of a language model, and why the last token sometimes cannot see "
+    "the first one."
+)
+DEFAULT_COPY_PROMPT = (
+    "What is the last digit in this sequence? 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3 2 3 8 4 6 2 6 4 "
+    "3 3 8 3 2 7 9 5. Answer:"
+)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report measures; defaults keep the embedded model's report to a few minutes."""
+
+    lengths: Sequence[int] = (8, 16, 32, 64, 128, 256, 512)
+    precisions: Sequence[str] = ("float32", "bfloat16", "float16")
+    copy_prompt: str = DEFAULT_COPY_PROMPT
+    text: str = DEFAULT_TEXT
+    sensitivity_method: str = "estimate"
+    n_probes: int = 16
+    head_eps: float = 0.1
+    head_ablation: bool = True
+    max_attention_views: int = 6
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _section(title: str, note: str = "") -> str:
+    text = f"<h2>{html.escape(title)}</h2>"
+    return text + (f"<p class='note'>{note}</p>" if note else "")
+
+
+def _timed(config: ReportConfig, name: str, fn: Callable[[], Any], bar: Any) -> Any:
+    start = time.perf_counter()
+    out = fn()
+    config.timings[name] = time.perf_counter() - start
+    bar.update(1)
+    return out
+
+
+def _token_strings(model: Any, tokens: Any) -> list[str]:
+    tok = getattr(model, "tokenizer", None)
+    ids = tokens[0].tolist()
+    if tok is None:
+        return [str(i) for i in ids]
+    return [tok.decode([i]) for i in ids]
+
+
+def build_report(
+    model: Any | None = None,
+    path: str | Path = "out/report.html",
+    *,
+    config: ReportConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Measure every section on ``model`` (default: the embedded SmolLM2-135M-Instruct) and
+    write one self-contained HTML file (renders offline). Returns the path."""
+    from . import (
+        classify_heads,
+        collapse_curve,
+        oversquash_profile,
+    )
+    from .loading import load_model
+
+    config = config or ReportConfig()
+    start = time.perf_counter()
+    bar = tqdm(total=6, desc="report", disable=not progress)
+    embedded = model is None
+    if embedded:
+        model = _timed(config, "load model", load_model, bar)
+    else:
+        bar.update(1)
+    info = _model.model_info(model)
+    max_len = max(n for n in config.lengths if n + 8 <= info.n_ctx)
+    lengths = [n for n in config.lengths if n <= max_len]
+
+    items: list[Any] = [f"<h1>oversquash_lens report: {html.escape(info.name)}</h1>"]
+    items.append(_model_card(model, info, embedded))
+
+    # --- representational collapse (PAPER §2) ------------------------------------------
+    curves = {}
+    for task in ("repeat", "repeat-sep"):
+        curves[task] = _timed(
+            config,
+            f"collapse {task}",
+            lambda task=task: collapse_curve(
+                model, lengths, task=task, precisions=tuple(config.precisions), progress=False
+            ),
+            bar,
+        )
+    items.append(
+        _section(
+            "Representational collapse",
+            "Gap between the last-token residuals of a sequence of n ones and the same "
+            "sequence with one more one (PAPER §2, Thm 4.2), per precision. "
+            "'repeat-sep' puts a comma every 3rd item (the paper's 'glasses').",
+        )
+    )
+    rows = []
+    for task, curve in curves.items():
+        for precision in config.precisions:
+            rows.append(
+                {
+                    "task": task,
+                    "precision": precision,
+                    "crossing length (last layer)": curve.crossing_length(precision),
+                }
+            )
+    items.append(
+        frame_html("Crossing lengths (None = never collapsed in the grid)", pd.DataFrame(rows))
+    )
+    for task, curve in curves.items():
+        fig = curve.plot()
+        fig.update_layout(title=f"Collapse curve: {task}")
+        items.append(fig)
+
+    # --- over-squashing profile (PAPER §3, §5) -----------------------------------------
+    tokens = _model.prepare_tokens(model, config.copy_prompt, info)
+    profile = _timed(
+        config,
+        "over-squashing profile",
+        lambda: oversquash_profile(
+            model, tokens, method=config.sensitivity_method, n_probes=config.n_probes
+        ),
+        bar,
+    )
+    items.append(
+        _section(
+            "Over-squashing: paths, rollout, bound and measured sensitivity",
+            "Toward the last token of a copy prompt. Path counts (log) grow toward early tokens "
+            "(Thm 5.1); rollout and the bound use the model's real attention; sensitivity is the "
+            "measured Jacobian norm ‖∂h_n/∂h_i^(0)‖ at the last layer.",
+        )
+    )
+    frame = profile.to_dataframe()
+    measures = {
+        c: frame[c].to_numpy()
+        for c in frame.columns
+        if c not in ("pos", "token") and pd.api.types.is_numeric_dtype(frame[c])
+    }
+    items.append(
+        viz.colored_tokens_multi(
+            _token_strings(model, tokens), measures, title="Per-token measures (switchable)"
+        )
+    )
+    items.append(frame_html("Spearman correlation between measures", profile.correlations()))
+    items.append(profile.plot())
+
+    # --- heads (PAPER §4) ----------------------------------------------------------------
+    head_tokens = _model.prepare_tokens(model, config.text, info)
+    report = _timed(
+        config,
+        "head classification",
+        lambda: classify_heads(
+            model, head_tokens, eps=config.head_eps, ablation=config.head_ablation
+        ),
+        bar,
+    )
+    items.append(_section("Attention heads", "Diagonal, previous-token, BOS-sink and no-op heads."))
+    items.append(report)
+    flagged = report.flagged
+    if len(flagged):
+        patterns = _model.attention_patterns(model, head_tokens)[0]
+        chosen = flagged.head(config.max_attention_views)
+        attn = patterns[chosen["layer"].to_numpy(), chosen["head"].to_numpy()]
+        names = [f"L{r.layer}H{r.head} {r.label}" for r in chosen.itertuples()]
+        items.append(
+            viz.attention_heads(
+                attn,
+                _token_strings(model, head_tokens),
+                head_names=names,
+                title="Flagged heads",
+            )
+        )
+    config.timings["total"] = time.perf_counter() - start
+    timing = pd.DataFrame({"seconds": config.timings}).round(2)
+    items.append(frame_html("Timings (this run)", timing))
+    bar.update(1)
+    bar.close()
+    return viz.save_html(items, path, title=f"oversquash_lens: {info.name}")
+
+
+def _model_card(model: Any, info: _model.ModelInfo, embedded: bool) -> str:
+    facts = {
+        "name": info.name,
+        "family": info.family,
+        "layers": info.n_layers,
+        "heads (query / key-value)": f"{info.n_heads} / {info.n_kv_heads}",
+        "d_model": info.d_model,
+        "context (n_ctx)": info.n_ctx,
+        "vocabulary": info.d_vocab,
+        "positional encoding": info.positional,
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "dtype": str(_model.model_dtype(model)),
+    }
+    if embedded:
+        from ._embedded import embedded_model_card
+
+        facts.update({f"card: {k}": v for k, v in embedded_model_card().items()})
+    frame = pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}})
+    return _section("Model") + frame.to_html()
