@@ -21,9 +21,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def twins():
-    from transformers import GPT2LMHeadModel
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformers import GPT2LMHeadModel
 
     folder = testing.save_tiny_model("gpt2")
     bridge = _model.bridge_class().boot_transformers(str(folder))
