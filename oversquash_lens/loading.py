@@ -30,8 +30,7 @@ def load_model(
         cache_dir: where the embedded model's converted folder lives (default
             ``$OVERSQUASH_LENS_CACHE`` or ``~/.cache/oversquash_lens``).
     """
-    from transformer_lens import TransformerBridge
-
+    TransformerBridge = _model.bridge_class()
     torch_dtype = _model.resolve_dtype(dtype) or torch.float32
     if name_or_path is None:
         from ._embedded import embedded_model_folder
