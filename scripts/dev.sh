@@ -64,6 +64,9 @@ case "$cmd" in
     main_env
     tl3_env
     ensure_chromium
+    # One converted copy of the embedded model shared by the tests and the notebooks.
+    export OVERSQUASH_LENS_CACHE="${OVERSQUASH_LENS_CACHE:-$HOME/.cache/oversquash_lens}"
+    export OVERSQUASH_QUICK=1
     log "ruff"
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
