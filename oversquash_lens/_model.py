@@ -411,3 +411,81 @@ def patterns_from_cache(
             t = t[batch_index]
         out.append(t)
     return torch.stack(out, dim=0)
+
+
+# --------------------------------------------------------------------------- one sequence
+# (added for paths/rollout/sensitivity: analyses of one prompt seen from one target token)
+def single_sequence(
+    model: Any, tokens: Any, info: ModelInfo | None = None, *, name: str = "tokens"
+) -> Int[Tensor, "1 pos"]:
+    """:func:`prepare_tokens`, then insist on exactly one sequence (``[pos]`` or ``[1, pos]``)."""
+    toks = prepare_tokens(model, tokens, info, name=name)
+    if toks.shape[0] != 1:
+        raise InvalidTokensError(
+            f"{name} of shape {tuple(toks.shape)} hold {toks.shape[0]} sequences; pass one "
+            "sequence ([pos] or [1, pos])"
+        )
+    return toks
+
+
+def cache_pattern_batch(cache: Any) -> int:
+    """Number of sequences behind the ``hook_pattern`` entries of a cache (1 when batch-less)."""
+    for key in cache.keys():
+        if key.endswith("attn.hook_pattern"):
+            t = cache[key]
+            return int(t.shape[0]) if t.ndim == 4 else 1
+    return 1
+
+
+# --------------------------------------------------------------------------- dtype runs, text
+@contextlib.contextmanager
+def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Run a block with every floating parameter and buffer of ``model`` held in ``dtype``
+    (what ``model.to(dtype)`` does), then put the *original tensors* back, also on exceptions.
+
+    Used instead of ``copy.deepcopy(model).to(dtype)``: a deep copy of a TL 4 bridge shares
+    the bridge's capture-hook closures with the original (the copy's forward writes into the
+    original's attention modules). Restoring the saved tensors is bitwise exact.
+    """
+    saved: list[tuple[Tensor, Tensor]] = []
+    seen: set[int] = set()
+    try:
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) in seen or not t.is_floating_point() or t.dtype == dtype:
+                continue
+            seen.add(id(t))
+            saved.append((t, t.data))
+            t.data = t.data.to(dtype)
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
+
+
+def text_tokenizer(model: Any) -> Any | None:
+    """The model's Hugging Face tokenizer, or None (e.g. ``boot_native`` models)."""
+    return getattr(model, "tokenizer", None) if model is not None else None
+
+
+def prepends_bos(model: Any) -> bool:
+    """Whether TransformerLens prepends BOS by default for this model (``to_tokens``)."""
+    return bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+
+
+def centres_before_norm(model: Any) -> bool:
+    """True when the pre-attention norm subtracts the mean (LayerNorm), False for RMSNorm: the
+    divisor a norm applies is then the std (LayerNorm) or the RMS (RMSNorm) of the residual."""
+    kind = str(getattr(model.cfg, "normalization_type", "LN") or "LN")
+    return not kind.upper().startswith("RMS")
+
+
+def release_graphs(model: torch.nn.Module) -> None:
+    """Detach tensors that a grad-enabled forward pass left on modules (TL 4 bridges keep the
+    last attention pattern as ``attn._pattern``), so no autograd graph outlives the call that
+    built it (it would pin the activations and make ``copy.deepcopy(model)`` fail)."""
+    for module in model.modules():
+        stale = [
+            k for k, v in vars(module).items() if isinstance(v, Tensor) and v.grad_fn is not None
+        ]
+        for key in stale:
+            module.__dict__[key] = module.__dict__[key].detach()

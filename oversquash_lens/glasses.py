@@ -1,0 +1,155 @@
+"""'Glasses': adaptive-temperature softmax as an attention intervention (PAPER.md §6).
+
+Veličković et al., "softmax is not enough": with p = softmax(z) and its entropy
+H = −Σ p log p, use softmax(β·z) where β = max(poly(H), 1) if H > 0.5 and β = 1 otherwise,
+poly having the coefficients :data:`COEFFICIENTS` (highest degree first). A larger β sharpens
+attention that has become too diffuse.
+
+:func:`adaptive_temperature` applies it inside a model: a hook on every attention pattern
+recomputes the pattern from its own log (log p equals the scores up to a per-row constant,
+which softmax ignores; masked entries are 0 and stay 0), so it never reads the pre-softmax
+score hook (unreliable on ``boot_native`` bridges).
+
+Example:
+    >>> with adaptive_temperature(model):
+    ...     logits = model(tokens)          # sharpened attention
+    >>> collapse_curve(model, [8, 64], intervention=adaptive_temperature)
+"""
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import _model
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "COEFFICIENTS",
+    "adaptive_beta",
+    "adaptive_softmax",
+    "adaptive_pattern",
+    "adaptive_temperature",
+    "applied",
+]
+
+#: poly(H) = −0.037 H⁴ + 0.481 H³ − 2.3 H² + 4.917 H − 1.791 (PAPER.md §6).
+COEFFICIENTS = (-0.037, 0.481, -2.3, 4.917, -1.791)
+
+
+def _entropy(p: Tensor, dim: int) -> Tensor:
+    logp = torch.where(p > 0, p.log(), torch.zeros_like(p))
+    return -(p * logp).sum(dim)
+
+
+def _beta_from_entropy(h: Tensor, threshold: float, coefficients: Sequence[float]) -> Tensor:
+    poly = torch.zeros_like(h)
+    for c in coefficients:  # Horner, highest degree first
+        poly = poly * h + c
+    return torch.where(h > threshold, poly.clamp(min=1.0), torch.ones_like(h))
+
+
+def adaptive_beta(
+    logits: Float[Tensor, "*batch vocab"],
+    *,
+    threshold: float = 0.5,
+    coefficients: Sequence[float] = COEFFICIENTS,
+) -> Float[Tensor, "*batch"]:
+    """β per row of ``logits`` (last axis): max(poly(H), 1) when H(softmax) > threshold else 1."""
+    p = torch.softmax(logits.double(), dim=-1)
+    return _beta_from_entropy(_entropy(p, -1), threshold, coefficients).to(logits.dtype)
+
+
+def adaptive_softmax(
+    logits: Float[Tensor, "*batch vocab"],
+    *,
+    threshold: float = 0.5,
+    coefficients: Sequence[float] = COEFFICIENTS,
+) -> Float[Tensor, "*batch vocab"]:
+    """softmax(β·z) with the adaptive β of :func:`adaptive_beta` (PAPER.md §6)."""
+    beta = adaptive_beta(logits, threshold=threshold, coefficients=coefficients)
+    return torch.softmax(beta.unsqueeze(-1) * logits, dim=-1)
+
+
+def adaptive_pattern(
+    pattern: Float[Tensor, "*batch key_pos"],
+    *,
+    threshold: float = 0.5,
+    coefficients: Sequence[float] = COEFFICIENTS,
+) -> Float[Tensor, "*batch key_pos"]:
+    """Adaptive temperature applied to post-softmax rows: softmax(β·log p) = p^β / Σ p^β,
+    which equals :func:`adaptive_softmax` of the scores (masked zeros stay exactly 0)."""
+    p = pattern.double()
+    beta = _beta_from_entropy(_entropy(p, -1), threshold, coefficients)
+    logp = torch.where(p > 0, p.log(), torch.full_like(p, float("-inf")))
+    return torch.softmax(beta.unsqueeze(-1) * logp, dim=-1).to(pattern.dtype)
+
+
+@contextlib.contextmanager
+def adaptive_temperature(
+    model: Any,
+    *,
+    layers: Sequence[int] | None = None,
+    threshold: float = 0.5,
+    coefficients: Sequence[float] = COEFFICIENTS,
+) -> Iterator[Any]:
+    """Within the block every attention pattern of ``layers`` (default all) of ``model`` is
+    replaced by its adaptive-temperature version; the hooks are removed on exit, also when
+    the block raises. Yields the model."""
+    info = _model.model_info(model)
+    blocks = range(info.n_layers) if layers is None else list(layers)
+    for b in blocks:
+        if isinstance(b, bool) or not isinstance(b, int) or not -info.n_layers <= b < info.n_layers:
+            raise InvalidArgumentError(f"layers contains {b!r}, not a block of {info.n_layers}")
+    if len(coefficients) == 0:
+        raise InvalidArgumentError("coefficients=() must hold at least one number")
+
+    def hook(pattern: Tensor, hook: Any) -> Tensor:
+        return adaptive_pattern(pattern, threshold=threshold, coefficients=coefficients)
+
+    names = [_model.pattern_name(b % info.n_layers) for b in blocks]
+    with model.hooks(fwd_hooks=[(n, hook) for n in names]):
+        yield model
+
+
+#: ``None``, a factory ``f(model) -> context manager`` (e.g. :func:`adaptive_temperature`) or
+#: a list of ``(hook_name, hook_fn)`` pairs; validated by :func:`applied` (hence ``Any``).
+Intervention = Any
+
+
+@contextlib.contextmanager
+def applied(model: Any, intervention: Intervention) -> Iterator[None]:
+    """Enter an intervention: ``None``; a factory called as ``intervention(model)`` that
+    returns a context manager (e.g. :func:`adaptive_temperature`); or a list of
+    ``(hook_name, hook_fn)`` forward hooks. Hooks are removed on exit."""
+    if intervention is None:
+        yield
+    elif callable(intervention):
+        ctx = intervention(model)
+        if not hasattr(ctx, "__enter__"):
+            raise InvalidArgumentError(
+                f"intervention={intervention!r} returned {type(ctx).__name__}, "
+                "not a context manager"
+            )
+        with ctx:
+            yield
+    elif isinstance(intervention, (list, tuple)) and all(
+        isinstance(h, tuple) and len(h) == 2 and callable(h[1]) for h in intervention
+    ):
+        with model.hooks(fwd_hooks=list(intervention)):
+            yield
+    else:
+        raise InvalidArgumentError(
+            f"intervention={intervention!r} is not None, a context-manager factory or a list "
+            "of (hook_name, hook_fn) pairs"
+        )
+
+
+def describe(intervention: Intervention) -> str:
+    """A short name for an intervention (for result objects)."""
+    if intervention is None:
+        return "none"
+    return getattr(intervention, "__name__", None) or type(intervention).__name__

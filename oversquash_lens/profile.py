@@ -1,0 +1,206 @@
+"""The over-squashing profile of one prompt: every §3/§5 measure side by side (PAPER §3, §5).
+
+Seen from one target token, for every source position: the number of causal paths (log, both
+edge conventions), the attention rollout, the Theorem 5.1 path-sum bound with the model's real
+attention and β from its residual norms, and the measured Jacobian sensitivity. Theory says
+early tokens have many more paths; the profile shows how far the model's attention and its
+actual sensitivity follow that, and ``correlations()`` ranks the agreement.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from . import _model
+from ._display import frame_html
+from .errors import InvalidArgumentError
+from .paths import path_counts
+from .rollout import attention_rollout, oversquashing_bound, resolve_beta
+from .sensitivity import Sensitivity, token_sensitivity
+
+__all__ = ["OversquashProfile", "oversquash_profile"]
+
+MEASURES = ("log_paths", "log_paths_residual", "rollout", "bound", "sensitivity")
+
+
+@dataclass(frozen=True)
+class OversquashProfile:
+    """Per-position over-squashing measures toward ``target`` (all layers kept).
+
+    Attributes:
+        rollout: ``[layer, pos]`` attention rollout (row ℓ−1 = after ℓ layers).
+        bound: ``[layer, pos]`` Theorem 5.1 path sum with ᾱ = α/β + I (constant C excluded).
+        beta: ``[layer, pos]`` the β used per layer and key position.
+        sensitivity: the measured :class:`Sensitivity` (``values [layer, pos]``).
+        tokens: the ``[pos]`` token ids; ``labels`` their text.
+        target: absolute target position.
+        layer: the depth ℓ (1..n_layers) shown by default (the last).
+        residual: the rollout's residual weight.
+    """
+
+    rollout: Float[Tensor, "layer pos"]
+    bound: Float[Tensor, "layer pos"]
+    beta: Float[Tensor, "layer pos"]
+    sensitivity: Sensitivity
+    tokens: Int[Tensor, " pos"]
+    target: int
+    layer: int
+    residual: float = 0.5
+    labels: tuple[str, ...] = ()
+    model_name: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return self.rollout.shape[0]
+
+    def _depth(self, layer: int | None) -> int:
+        return _depth(self.layer if layer is None else layer, self.n_layers)
+
+    def to_dataframe(self, layer: int | None = None) -> pd.DataFrame:
+        """One row per position at depth ``layer`` (1..n_layers, -1 = last; default
+        ``self.layer``): ``pos``, ``token``, ``log_paths`` (``M^ℓ``), ``log_paths_residual``
+        (``(M+I)^ℓ``), ``rollout``, ``bound`` and ``sensitivity``."""
+        depth = self._depth(layer)
+        n = self.tokens.shape[0]
+        row = depth - 1
+        return pd.DataFrame(
+            {
+                "pos": range(n),
+                "token": list(self.labels) or self.tokens.tolist(),
+                "log_paths": path_counts(n, depth, target=self.target, log=True).numpy(),
+                "log_paths_residual": path_counts(
+                    n, depth, target=self.target, residual_edges=True, log=True
+                ).numpy(),
+                "rollout": self.rollout[row].double().cpu().numpy(),
+                "bound": self.bound[row].double().cpu().numpy(),
+                "sensitivity": self.sensitivity.values[row].double().cpu().numpy(),
+            }
+        )
+
+    def correlations(self, layer: int | None = None) -> pd.DataFrame:
+        """Spearman rank correlation between the measures over positions ``0..target``."""
+        frame = self.to_dataframe(layer).iloc[: self.target + 1]
+        return frame[list(MEASURES)].corr(method="spearman")
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<b>OversquashProfile</b> {self.model_name}: target={self.target}, "
+            f"layer {self.layer} of {self.n_layers}, sensitivity {self.sensitivity.method}"
+        )
+        corr = frame_html("Spearman correlations between measures", self.correlations())
+        return frame_html(head, self.to_dataframe().set_index("pos")) + corr
+
+    def plot(self, layer: int | None = None):
+        """Every measure vs source position in stacked panels (plotly; bound and sensitivity
+        on log axes)."""
+        from plotly.subplots import make_subplots
+
+        depth = self._depth(layer)
+        frame = self.to_dataframe(depth)
+        fig = make_subplots(rows=len(MEASURES), cols=1, shared_xaxes=True, subplot_titles=MEASURES)
+        for i, name in enumerate(MEASURES, start=1):
+            fig.add_scatter(
+                x=frame["pos"],
+                y=frame[name],
+                text=frame["token"].astype(str),
+                mode="lines+markers",
+                name=name,
+                row=i,
+                col=1,
+            )
+            if name in ("bound", "sensitivity"):
+                fig.update_yaxes(type="log", row=i, col=1)
+        fig.update_xaxes(title_text="source position i", row=len(MEASURES), col=1)
+        fig.update_layout(
+            height=180 * len(MEASURES),
+            showlegend=False,
+            title=f"Over-squashing profile toward position {self.target} (depth {depth})",
+        )
+        return fig
+
+
+def oversquash_profile(
+    model: Any,
+    tokens: Any,
+    *,
+    target: int = -1,
+    method: str = "estimate",
+    n_probes: int = 64,
+    seed: int = 0,
+    residual: float = 0.5,
+    beta: Any = "residual",
+    layer: int = -1,
+    chunk_size: int | None = None,
+) -> OversquashProfile:
+    """Path counts, rollout, Theorem 5.1 bound and measured sensitivity for one prompt.
+
+    Example:
+        >>> prof = oversquash_profile(model, "1 1 1 1 1 1", method="exact")
+        >>> prof.to_dataframe()  # one row per position; prof.correlations() ranks agreement
+
+    Args:
+        model: a TransformerBridge or HookedTransformer (left unchanged).
+        tokens: one sequence (text, ``[pos]`` or ``[1, pos]``).
+        target: receiving position (default the last token).
+        method, n_probes, seed, chunk_size: passed to :func:`token_sensitivity`.
+        residual: the rollout's residual weight.
+        beta: β of the bound: ``"residual"`` (default) uses, per layer and key position, the
+            divisor of the model's pre-attention norm — the std (LayerNorm) or RMS (RMSNorm) of
+            the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
+        layer: the depth shown by default (1..n_layers, -1 = the last).
+    """
+    info = _model.model_info(model)
+    toks = _model.single_sequence(model, tokens, info)
+    n_layers = info.n_layers
+    depth = _depth(layer, n_layers)
+    names = [_model.pattern_name(b) for b in range(n_layers)]
+    by_norm = isinstance(beta, str)
+    if by_norm and beta != "residual":
+        raise InvalidArgumentError(f"beta={beta!r} must be 'residual', a float or a tensor")
+    if by_norm:
+        names += [_model.resid_name(b) for b in range(n_layers)]
+    store = _model.capture(model, toks, names)
+    patterns = torch.stack([store[_model.pattern_name(b)][0] for b in range(n_layers)])
+    if by_norm:
+        resid = torch.stack([store[_model.resid_name(b)][0] for b in range(n_layers)]).double()
+        if _model.centres_before_norm(model):
+            resid = resid - resid.mean(-1, keepdim=True)
+        beta = resid.square().mean(-1).sqrt().cpu()
+    rollout = attention_rollout(patterns, target=target, residual=residual)
+    bound = oversquashing_bound(patterns, target=target, beta=beta)
+    beta_used = resolve_beta(beta, n_layers, toks.shape[1]).clone()
+    sens = token_sensitivity(
+        model,
+        toks,
+        target=target,
+        method=method,
+        n_probes=n_probes,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
+    return OversquashProfile(
+        rollout=rollout.cpu(),
+        bound=bound.cpu(),
+        beta=beta_used,
+        sensitivity=sens,
+        tokens=toks[0].cpu(),
+        target=sens.target,
+        layer=depth,
+        residual=float(residual),
+        labels=sens.labels,
+        model_name=info.name,
+    )
+
+
+def _depth(layer: int, n_layers: int) -> int:
+    """A depth 1..n_layers from ``layer`` (negative counts from the last layer)."""
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise InvalidArgumentError(f"layer={layer!r} must be an int in 1..{n_layers} (or -1)")
+    depth = layer + n_layers + 1 if layer < 0 else layer
+    if not 1 <= depth <= n_layers:
+        raise InvalidArgumentError(f"layer={layer} is out of range 1..{n_layers} (or -1)")
+    return depth

@@ -1,0 +1,252 @@
+"""Measured over-squashing: the Jacobian norm ‖∂h_t^(ℓ)/∂h_i^(0)‖_F (PAPER §3).
+
+For the target position ``t``, every layer ℓ = 1..L and every input position ``i``, the
+sensitivity is the Frobenius norm of the ``d_model × d_model`` block of the Jacobian of the
+target's residual after block ℓ−1 with respect to the residual entering block 0 at ``i`` — the
+GNN over-squashing measure (Topping et al. 2022) on the causal-attention graph, and the
+left-hand side of Theorem 5.1 (compare :func:`oversquash_lens.oversquashing_bound`).
+
+How it is computed: a hook replaces ``h^(0)`` by a leaf tensor that requires grad, with the
+sequence replicated along the batch axis; each batch copy back-propagates one cotangent
+(one-hot output coordinate for ``exact``, a Gaussian probe for ``estimate``) from one layer, so a
+single backward pass yields a whole chunk of vector-Jacobian products. Parameters are frozen
+during the call (no parameter gradients are built) and restored afterwards. Only positions up to
+the target are run: causal attention makes later positions irrelevant (their value is 0).
+
+- ``exact``: ``L · d_model`` VJPs; ``‖J_i‖_F² = Σ_c ‖∂h_t[c]/∂h_i‖²``.
+- ``estimate``: Hutchinson probes ``u ~ N(0, I)``: ``E‖J_iᵀu‖² = ‖J_i‖_F²``, ``L · n_probes``
+  VJPs; the reported value is the square root of the probe mean (relative error of roughly
+  ``1/sqrt(2 · n_probes)`` or better).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import _model
+from ._display import frame_html
+from .errors import InvalidArgumentError
+
+__all__ = ["Sensitivity", "token_sensitivity"]
+
+#: Rough activation budget of one chunk (bytes) when ``chunk_size`` is not given.
+_CHUNK_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Jacobian sensitivity of one target token to every input token, per layer.
+
+    Attributes:
+        values: ``[layer, pos]``; row ``ℓ−1`` is ``‖∂h_target^(ℓ)/∂h_pos^(0)‖_F`` for the
+            output of block ``ℓ−1`` (ℓ = 1..n_layers); positions after the target are 0.
+        tokens: the ``[pos]`` token ids of the sequence.
+        target: the absolute target position.
+        method: ``"exact"`` or ``"estimate"``.
+        n_probes: probes per layer for ``"estimate"`` (None for ``"exact"``).
+        labels: the tokens as text (when the model has a tokenizer), else their ids.
+    """
+
+    values: Float[Tensor, "layer pos"]
+    tokens: Int[Tensor, " pos"]
+    target: int
+    method: str
+    n_probes: int | None
+    labels: tuple[str, ...] = ()
+    model_name: str = ""
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per (layer, pos): ``layer`` (1-based: output of block layer−1), ``pos``,
+        ``token``, ``value`` and ``normalised`` (value / sum over positions of that layer)."""
+        vals = self.values.detach().double().cpu()
+        n_layers, n = vals.shape
+        labels = list(self.labels) or [str(t) for t in self.tokens.tolist()]
+        share = vals / vals.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        return pd.DataFrame(
+            {
+                "layer": [layer + 1 for layer in range(n_layers) for _ in range(n)],
+                "pos": list(range(n)) * n_layers,
+                "token": labels * n_layers,
+                "value": vals.flatten().numpy(),
+                "normalised": share.flatten().numpy(),
+            }
+        )
+
+    def _repr_html_(self) -> str:
+        n_layers, n = self.values.shape
+        probes = f", {self.n_probes} probes" if self.n_probes else ""
+        head = (
+            f"<b>Sensitivity</b> {self.model_name}: ‖∂h_{self.target}^(ℓ)/∂h_i^(0)‖_F, "
+            f"{self.method}{probes}; layers={n_layers}, positions={n}, target={self.target}"
+        )
+        frame = self.to_dataframe().pivot(index="pos", columns="layer", values="value")
+        frame.insert(0, "token", list(self.labels) or self.tokens.tolist())
+        return frame_html(head, frame)
+
+    def plot(self):
+        """Sensitivity vs position, one line per layer, log y (plotly)."""
+        import plotly.express as px
+
+        frame = self.to_dataframe()
+        frame = frame[frame["value"] > 0]
+        return px.line(
+            frame,
+            x="pos",
+            y="value",
+            color="layer",
+            hover_data=["token"],
+            log_y=True,
+            markers=True,
+            title=f"Jacobian sensitivity of position {self.target} to each input ({self.method})",
+            labels={"pos": "source position i", "value": "‖∂h_t^(ℓ)/∂h_i^(0)‖_F"},
+        )
+
+
+def token_sensitivity(
+    model: Any,
+    tokens: Any,
+    *,
+    target: int = -1,
+    method: str = "exact",
+    n_probes: int = 64,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> Sensitivity:
+    """Frobenius norm of ``∂h_target^(ℓ)/∂h_i^(0)`` for every layer ℓ and position i (PAPER §3).
+
+    Example:
+        >>> sens = token_sensitivity(model, "1 1 1 1 1", method="estimate", n_probes=32)
+        >>> sens.values.shape  # [n_layers, pos]
+
+    Args:
+        model: a TransformerBridge or HookedTransformer (left unchanged).
+        tokens: one sequence: text, ``[pos]`` or ``[1, pos]`` token ids.
+        target: the receiving position (negative counts from the end).
+        method: ``"exact"`` (``n_layers · d_model`` vector-Jacobian products) or ``"estimate"``
+            (Hutchinson, ``n_layers · n_probes`` of them).
+        n_probes: Gaussian probes per layer for ``"estimate"``.
+        seed: seed of the probes (a private generator: the global RNG is not touched).
+        chunk_size: batch copies per forward/backward pass (bounds memory); default from a
+            ~512 MiB activation budget.
+        progress: show a progress bar over chunks (default: when there are more than 4).
+
+    Returns:
+        :class:`Sensitivity` with ``values [n_layers, pos]`` (float32, float64 for a float64
+        model).
+    """
+    info = _model.model_info(model)
+    toks = _model.single_sequence(model, tokens, info)
+    t = _model.resolve_index(target, toks.shape[1], name="target")
+    if method not in ("exact", "estimate"):
+        raise InvalidArgumentError(f"method={method!r} must be 'exact' or 'estimate'")
+    probes = _positive_int(n_probes, "n_probes") if method == "estimate" else None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidArgumentError(f"seed={seed!r} must be an int")
+    run = toks[:, : t + 1]
+    m, d, n_layers = run.shape[1], info.d_model, info.n_layers
+    device, dtype = _model.model_device(model), _model.model_dtype(model)
+
+    # One job per (layer, cotangent); sorted by layer so a chunk stops at its deepest layer.
+    if probes is None:
+        cot = torch.eye(d, dtype=dtype, device=device).repeat(n_layers, 1)
+        per_layer = d
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        cot = torch.randn(n_layers * probes, d, generator=gen, dtype=torch.float64)
+        cot = cot.to(device=device, dtype=dtype)
+        per_layer = probes
+    job_layer = torch.arange(1, n_layers + 1, device=device).repeat_interleave(per_layer)
+    if chunk_size is None:
+        per_copy = 4 * m * n_layers * (24 * d + 4 * info.n_heads * m)
+        chunk_size = max(1, _CHUNK_BYTES // per_copy)
+    chunk = _positive_int(chunk_size, "chunk_size")
+
+    h0_name = _model.resid_name(0)
+    h0 = _model.capture(model, run, [h0_name], stop_at_layer=1)[h0_name]
+    squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
+    starts = range(0, len(job_layer), chunk)
+    show = progress if progress is not None else len(starts) > 4
+    try:
+        with torch.enable_grad(), _model.preserved(model, freeze=True):
+            for start in tqdm(starts, desc="token_sensitivity", disable=not show, leave=False):
+                layers = job_layer[start : start + chunk]
+                grads = _vjp_chunk(model, run, h0, t, layers, cot[start : start + chunk], n_layers)
+                squares.index_add_(0, layers - 1, grads.double().square().sum(-1))
+    finally:
+        _model.release_graphs(model)
+    if probes is not None:
+        squares /= probes
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    values = torch.zeros(n_layers, toks.shape[1], dtype=out_dtype)
+    values[:, :m] = squares.sqrt().to(out_dtype).cpu()
+    return Sensitivity(
+        values=values,
+        tokens=toks[0].cpu(),
+        target=t,
+        method=method,
+        n_probes=probes,
+        labels=_labels(model, toks[0]),
+        model_name=info.name,
+    )
+
+
+def _vjp_chunk(
+    model: Any,
+    run: Int[Tensor, "1 pos"],
+    h0: Float[Tensor, "1 pos d_model"],
+    target: int,
+    layers: Int[Tensor, " batch"],
+    cot: Float[Tensor, "batch d_model"],
+    n_layers: int,
+) -> Float[Tensor, "batch pos d_model"]:
+    """One forward/backward pass: copy b returns ``cot_b · ∂h_target^(layers_b)/∂h^(0)``."""
+    batch = layers.shape[0]
+    leaf = h0.expand(batch, -1, -1).clone().requires_grad_(True)
+    wanted = sorted(set(layers.tolist()))
+    outputs: dict[int, Tensor] = {}
+
+    def replace(x: Tensor, hook: Any) -> Tensor:
+        return leaf
+
+    def keeper(layer: int):
+        def keep(x: Tensor, hook: Any) -> None:
+            outputs[layer] = x[:, target]
+
+        return keep
+
+    hooks = [(_model.resid_name(0), replace)]
+    hooks += [(_model.resid_name(layer), keeper(layer)) for layer in wanted]
+    deepest = wanted[-1]
+    _model.run_with_hooks(
+        model,
+        run.expand(batch, -1),
+        hooks,
+        grad=True,
+        stop_at_layer=deepest if deepest < n_layers else None,
+        freeze=True,
+    )
+    total = leaf.new_zeros(())
+    for layer in wanted:
+        rows = (layers == layer).nonzero().squeeze(1)
+        total = total + (outputs[layer][rows] * cot[rows]).sum()
+    (grad,) = torch.autograd.grad(total, leaf)
+    return grad
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
+    return value
+
+
+def _labels(model: Any, ids: Tensor) -> tuple[str, ...]:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return tuple(str(i) for i in ids.tolist())
+    return tuple(tokenizer.decode([i]) for i in ids.tolist())
