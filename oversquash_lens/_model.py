@@ -221,7 +221,7 @@ def prepare_tokens(
     if not isinstance(tokens, Tensor):
         try:
             tokens = torch.tensor(tokens)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: None, objects
             raise InvalidTokensError(
                 f"{name}={_short(tokens)} cannot be read as token ids ({exc})"
             ) from None
@@ -489,3 +489,41 @@ def release_graphs(model: torch.nn.Module) -> None:
         ]
         for key in stale:
             module.__dict__[key] = module.__dict__[key].detach()
+
+
+# --------------------------------------------------------------------------- heads
+# (added for heads: the pre-attention norm scale and forward passes that start mid-model)
+def ln1_scale(model: Any, block: int) -> Float[Tensor, " d_model"] | None:
+    """Elementwise scale the pre-attention norm of ``block`` applies (detached), or None when
+    the norm has no weight (TL ``LayerNormPre``/``RMSNormPre``: already folded). Gemma-style
+    RMSNorm (``cfg.rmsnorm_uses_offset``) scales by ``1 + weight``."""
+    norm = getattr(model.blocks[block], "ln1", None)
+    weight = getattr(norm, "w", None) if norm is not None else None
+    if not isinstance(weight, Tensor):
+        return None
+    weight = weight.detach()
+    return 1.0 + weight if getattr(model.cfg, "rmsnorm_uses_offset", False) else weight
+
+
+def run_from_layer(
+    model: Any,
+    resid: Float[Tensor, "batch pos d_model"],
+    block: int,
+    fwd_hooks: Sequence[Hook],
+    *,
+    tokens: Int[Tensor, "batch pos"] | None = None,
+) -> Any:
+    """Logits of a forward pass that starts at ``block`` from the residual entering it
+    (``start_at_layer``), with temporary hooks (blocks before ``block`` are not run). Block 0
+    with ``tokens`` given, or a shortformer model, runs the whole model from ``tokens``."""
+    shortformer = getattr(model.cfg, "positional_embedding_type", "") == "shortformer"
+    if tokens is not None and (block == 0 or shortformer):
+        return run_with_hooks(model, tokens, fwd_hooks)
+    try:
+        with preserved(model), torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+            return model(resid, start_at_layer=block)
+    except NotImplementedError:
+        # TL 3.9's TransformerBridge has no start_at_layer: run the whole model instead.
+        if tokens is None:
+            raise
+        return run_with_hooks(model, tokens, fwd_hooks)

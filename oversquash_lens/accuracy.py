@@ -11,7 +11,7 @@ counts or digits), so ``" 12"``, ``"12."`` and ``"12\\n"`` all read as 12.
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,14 +138,25 @@ def task_accuracy(
         )
     if isinstance(lengths, int) and not isinstance(lengths, bool):
         lengths = [lengths]
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
+        raise InvalidArgumentError(f"lengths={lengths!r} must be an int or a list of ints")
+    lengths = list(lengths)
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise InvalidArgumentError(f"lengths contains {n!r}; lengths must be ints")
     ns = sorted(set(lengths))
     if not ns:
         raise InvalidArgumentError("lengths=[] is empty; give at least one length")
-    for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
+    checks = (("n_samples", n_samples, 1), ("batch_size", batch_size, 1))
+    for name, value, low in (*checks, ("extra_tokens", extra_tokens, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidArgumentError(f"{name}={value!r} must be an int >= {low}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidArgumentError(f"seed={seed!r} must be an int")
     if adaptive_temperature and intervention is not None:
         raise InvalidArgumentError("give either adaptive_temperature=True or intervention=")
+    if isinstance(remedies, str) or not isinstance(remedies, Iterable):
+        raise InvalidArgumentError(f"remedies={remedies!r} must be a list of names in {REMEDIES}")
     unknown = [r for r in remedies if r not in REMEDIES]
     if unknown or not remedies:
         raise InvalidArgumentError(f"remedies={list(remedies)!r}: each must be one of {REMEDIES}")

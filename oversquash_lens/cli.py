@@ -31,7 +31,7 @@ def _emit(frame: Any, args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import ReportConfig, build_report
 
-    cfg_kwargs: dict[str, Any] = {"n_probes": args.probes, "head_ablation": not args.no_ablation}
+    cfg_kwargs: dict[str, Any] = {"n_probes": args.probes, "head_ablation": args.ablation}
     if args.lengths:
         cfg_kwargs["lengths"] = tuple(args.lengths)
     if args.prompt:
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--text", help="ordinary text for the head table")
     rep.add_argument("--lengths", type=int, nargs="+", help="collapse lengths")
     rep.add_argument("--probes", type=int, default=16, help="sensitivity probes")
-    rep.add_argument("--no-ablation", action="store_true", help="skip head ablations")
+    rep.add_argument("--ablation", action="store_true", help="also ablate every head (slow)")
     rep.set_defaults(func=_cmd_report)
 
     col = sub.add_parser("collapse", parents=[common, tables], help="collapse-curve table")

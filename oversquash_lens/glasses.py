@@ -17,7 +17,7 @@ Example:
 """
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -100,10 +100,20 @@ def adaptive_temperature(
     replaced by its adaptive-temperature version; the hooks are removed on exit, also when
     the block raises. Yields the model."""
     info = _model.model_info(model)
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if layers is not None and not isinstance(layers, Iterable):
+        raise InvalidArgumentError(f"layers={layers!r} must be None, a block index or a list")
     blocks = range(info.n_layers) if layers is None else list(layers)
     for b in blocks:
         if isinstance(b, bool) or not isinstance(b, int) or not -info.n_layers <= b < info.n_layers:
             raise InvalidArgumentError(f"layers contains {b!r}, not a block of {info.n_layers}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise InvalidArgumentError(f"threshold={threshold!r} must be a number (an entropy)")
+    if not isinstance(coefficients, Sequence) or not all(
+        isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefficients
+    ):
+        raise InvalidArgumentError(f"coefficients={coefficients!r} must be a list of numbers")
     if len(coefficients) == 0:
         raise InvalidArgumentError("coefficients=() must hold at least one number")
 

@@ -37,7 +37,10 @@ def load_model(
 
         folder: str = str(embedded_model_folder(cache_dir=cache_dir))
     else:
-        folder = os.fspath(name_or_path)
+        try:
+            folder = os.fspath(name_or_path)
+        except TypeError:
+            folder = None
         if not isinstance(folder, str) or not folder:
             raise InvalidArgumentError(f"name_or_path={name_or_path!r} must be a non-empty str")
         looks_local = folder.startswith((".", "/", "~")) or Path(folder).exists()

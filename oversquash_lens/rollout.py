@@ -8,10 +8,10 @@ Both are products of one ``n × n`` matrix per layer, read along the target's ro
 ``n × n`` product.
 
 Cost, honestly: every depth ℓ needs its own sweep from layer ℓ down to layer 1, so the L rows
-take L(L+1)/2 vector-matrix products — O(L²·n²) flops — but each layer's matrix is formed once
-(one read of the ``[head, query, key]`` patterns, in query blocks that stay in cache while they
-are also validated) and then reused by every sweep that passes through it. The full-matrix
-rollout costs O(L·n³); see ``benchmarks/paths.py`` for measured ratios.
+take L(L+1)/2 vector-matrix products — O(L²·n²) flops — but each layer's head mean is formed
+once (one read of the ``[head, query, key]`` patterns) and all sweeps pass through it together
+in one (triangular) matrix product. The full-matrix rollout costs O(L·n³); see
+``benchmarks/paths.py`` for measured ratios.
 """
 
 from collections.abc import Callable, Sequence
@@ -28,8 +28,7 @@ from .errors import InvalidArgumentError, InvalidPatternError
 
 __all__ = ["attention_rollout", "attention_rollout_from_model", "oversquashing_bound"]
 
-#: Bytes of one query block of patterns (all heads) processed at once; small enough to stay in
-#: cache between the head sum and the validation that re-reads it.
+#: Bytes of one query block of patterns (all heads) summed over heads at once.
 _BLOCK_BYTES = 8 << 20
 #: Column block of the triangular vector-matrix products.
 _TRIL_BLOCK = 256
@@ -72,7 +71,9 @@ def attention_rollout(
 
     Raises:
         InvalidPatternError: wrong shape or dtype, NaN/inf, rows not summing to 1 (tolerance
-            ``max(1e-4, 4·eps(dtype))``), negative entries or mass above the diagonal.
+            ``max(1e-4, 4·eps(dtype))``), negative entries or mass above the diagonal. What is
+            checked is what the result depends on: the head average (each head when
+            ``per_head``), on the queries and keys up to ``target``.
     """
     pats, averaged = _as_patterns(patterns)
     if isinstance(residual, bool) or not isinstance(residual, (int, float)):
@@ -144,7 +145,7 @@ def oversquashing_bound(
     pats, _ = _as_patterns(patterns)
     n_layers, n = pats.shape[0], pats.shape[-1]
     t = _model.resolve_index(target, n, name="target")
-    scale = resolve_beta(beta, n_layers, n)[:, : t + 1].reciprocal()
+    scale = resolve_beta(beta, n_layers, n)[:, : t + 1].reciprocal().to(pats.device)
 
     def bound_step(layer: _Layer) -> Callable[[Tensor], Tensor]:
         return partial(_bound_apply, mat=layer.matrix[0], per_key=scale[layer.index] * layer.scale)
@@ -249,41 +250,32 @@ def _target_rows(
 
 
 def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype) -> _Layer:
-    """Average layer ``j`` over heads into ``buf`` (or keep every head when ``buf`` is None),
-    in query blocks that stay in cache while the result is validated.
-
-    Validation covers exactly what the analysis uses: the head mean (or each head when
-    per-head), restricted to the queries and keys up to the target."""
+    """Sum layer ``j`` over heads into ``buf`` (in query blocks, so the head sum streams through
+    cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
+    head mean (or each head), restricted to the queries and keys up to the target."""
     src = pats[j, :, :m, :m]
     n_heads = src.shape[0]
-    tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
-    groups, scale = (n_heads, 1.0) if buf is None else (1, 1.0 / n_heads)
-    row_sums = torch.empty(groups, m, dtype=dtype, device=pats.device)
-    per_row = n_heads * m * max(pats.element_size(), torch.finfo(dtype).bits // 8)
-    block = max(1, _BLOCK_BYTES // per_row)
-    for q0 in range(0, m, block):
-        q1 = min(m, q0 + block)
-        chunk = src[:, q0:q1].to(dtype)
-        if buf is not None:
-            torch.sum(chunk, 0, out=buf[0, q0:q1])  # head sum; the mean's 1/head is folded in
-            chunk = buf[:, q0:q1]
-        torch.sum(chunk, -1, out=row_sums[:, q0:q1])
-        row_sums[:, q0:q1] *= scale
-        _check_block(chunk, row_sums[:, q0:q1], j, q0, tol, scale=scale)
-    return _Layer(j, src.to(dtype) if buf is None else buf, row_sums, scale)
+    if buf is None:
+        mats, scale = src.to(dtype), 1.0
+    else:
+        per_row = n_heads * m * max(pats.element_size(), torch.finfo(dtype).bits // 8)
+        block = max(1, _BLOCK_BYTES // per_row)
+        for q0 in range(0, m, block):  # head sum; the mean's 1/head is folded into ``scale``
+            torch.sum(src[:, q0 : q0 + block].to(dtype), 0, out=buf[0, q0 : q0 + block])
+        mats, scale = buf, 1.0 / n_heads
+    row_sums = mats.sum(-1).mul_(scale)
+    _check_layer(mats, row_sums, j, max(1e-4, 4 * torch.finfo(pats.dtype).eps), scale=scale)
+    return _Layer(j, mats, row_sums, scale)
 
 
-def _check_block(
-    chunk: Tensor, sums: Tensor, layer: int, q0: int, tol: float, *, scale: float
-) -> None:
-    """Rows ``q0..`` of ``scale · chunk [group, rows, key]`` (head mean, or each head):
-    finite, summing to 1 (``sums``, already scaled), non-negative, nothing above the diagonal."""
-
-    where = partial(_where, layer, q0, scale != 1.0)
+def _check_layer(mats: Tensor, sums: Tensor, layer: int, tol: float, *, scale: float) -> None:
+    """``scale · mats [group, query, key]`` (head mean, or each head): finite, rows summing to 1
+    (``sums``, already scaled), non-negative, nothing above the diagonal — in a few large ops."""
+    where = partial(_where, layer, scale != 1.0)
     bad = ~torch.isfinite(sums) | ((sums - 1.0).abs() > tol)
     if bool(bad.any()):
         g, q = (int(v) for v in bad.nonzero()[0])
-        row = chunk[g, q]
+        row = mats[g, q]
         if not bool(torch.isfinite(row).all()):
             k = int((~torch.isfinite(row)).nonzero()[0, 0])
             value = float(row[k] * scale)
@@ -292,24 +284,27 @@ def _check_block(
             f"patterns are not row-stochastic: {where(g, q)} sums to {float(sums[g, q]):.6g} "
             f"(expected 1 ± {tol:.1g}); pass post-softmax attention"
         )
-    lowest = chunk.amin()
+    lowest = mats.amin()
     if float(lowest) * scale < -tol:
-        g, q, k = (int(v) for v in (chunk == lowest).nonzero()[0])
+        g, q, k = (int(v) for v in (mats == lowest).nonzero()[0])
         raise InvalidPatternError(
             f"patterns contain a negative weight {float(lowest) * scale:.6g} at {where(g, q)}, "
             f"key {k}"
         )
-    q1 = q0 + chunk.shape[1]
-    upper = chunk[:, :, q1:]  # keys after every query of the block
-    hi = float(torch.triu(chunk[:, :, q0:q1], 1).amax())  # the block's diagonal square
-    if upper.numel():
-        hi = max(hi, float(upper.amax()))
-    if hi * scale > tol:
-        q = torch.arange(q0, q1, device=chunk.device)[:, None]
-        k = torch.arange(chunk.shape[2], device=chunk.device)[None, :]
-        g, qq, kk = (int(v) for v in ((chunk * scale > tol) & (k > q)).nonzero()[0])
+    m = mats.shape[-1]
+    step = max(_TRIL_BLOCK, -(-m // 8))  # upper triangle as <= 8 rectangles + diagonal squares
+    highest = []
+    for q0 in range(0, m, step):
+        q1 = min(m, q0 + step)
+        highest.append(torch.triu(mats[:, q0:q1, q0:q1], 1).amax())
+        if q1 < m:
+            highest.append(mats[:, q0:q1, q1:].amax())
+    if float(torch.stack(highest).max()) * scale > tol:
+        q = torch.arange(m, device=mats.device)[:, None]
+        k = torch.arange(m, device=mats.device)[None, :]
+        g, qq, kk = (int(v) for v in ((mats * scale > tol) & (k > q)).nonzero()[0])
         raise InvalidPatternError(
-            f"patterns are not causal: {where(g, qq)} puts {float(chunk[g, qq, kk] * scale):.6g} "
+            f"patterns are not causal: {where(g, qq)} puts {float(mats[g, qq, kk] * scale):.6g} "
             f"on key {kk} (mass above the diagonal)"
         )
 
@@ -330,9 +325,9 @@ def _bound_apply(rows: Tensor, *, mat: Tensor, per_key: Tensor) -> Tensor:
     return _tril_matmul(rows, mat) * per_key + rows
 
 
-def _where(layer: int, q0: int, averaged: bool, g: int, q: int) -> str:
+def _where(layer: int, averaged: bool, g: int, q: int) -> str:
     head = "averaged over heads" if averaged else f"head {g}"
-    return f"layer {layer}, {head}, query {q0 + q}"
+    return f"layer {layer}, {head}, query {q}"
 
 
 def _tril_matmul(rows: Tensor, mat: Tensor) -> Tensor:

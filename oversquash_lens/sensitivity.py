@@ -6,12 +6,14 @@ target's residual after block ℓ−1 with respect to the residual entering bloc
 GNN over-squashing measure (Topping et al. 2022) on the causal-attention graph, and the
 left-hand side of Theorem 5.1 (compare :func:`oversquash_lens.oversquashing_bound`).
 
-How it is computed: a hook replaces ``h^(0)`` by a leaf tensor that requires grad, with the
-sequence replicated along the batch axis; each batch copy back-propagates one cotangent
-(one-hot output coordinate for ``exact``, a Gaussian probe for ``estimate``) from one layer, so a
-single backward pass yields a whole chunk of vector-Jacobian products. Parameters are frozen
-during the call (no parameter gradients are built) and restored afterwards. Only positions up to
-the target are run: causal attention makes later positions irrelevant (their value is 0).
+How it is computed: one forward pass in which a hook replaces ``h^(0)`` by a leaf tensor that
+requires grad and other hooks keep the target's residual after every block; then, per layer,
+batched backward passes (``torch.autograd.grad(..., is_grads_batched=True)``: the backward
+graph is vmapped over a chunk of cotangents — one-hot output coordinates for ``exact``, Gaussian
+probes for ``estimate``) each yield a whole chunk of vector-Jacobian products, going back only
+through the blocks below that layer. Parameters are frozen during the call (no parameter
+gradients are built) and restored afterwards, and no autograd graph is left on the model. Only
+positions up to the target are run: causal attention makes later positions irrelevant (0).
 
 - ``exact``: ``L · d_model`` VJPs; ``‖J_i‖_F² = Σ_c ‖∂h_t[c]/∂h_i‖²``.
 - ``estimate``: Hutchinson probes ``u ~ N(0, I)``: ``E‖J_iᵀu‖² = ‖J_i‖_F²``, ``L · n_probes``
@@ -132,8 +134,8 @@ def token_sensitivity(
             (Hutchinson, ``n_layers · n_probes`` of them).
         n_probes: Gaussian probes per layer for ``"estimate"``.
         seed: seed of the probes (a private generator: the global RNG is not touched).
-        chunk_size: batch copies per forward/backward pass (bounds memory); default from a
-            ~512 MiB activation budget.
+        chunk_size: cotangents per batched backward pass (bounds memory); default from a
+            ~512 MiB budget.
         progress: show a progress bar over chunks (default: when there are more than 4).
 
     Returns:
@@ -152,32 +154,32 @@ def token_sensitivity(
     m, d, n_layers = run.shape[1], info.d_model, info.n_layers
     device, dtype = _model.model_device(model), _model.model_dtype(model)
 
-    # One job per (layer, cotangent); sorted by layer so a chunk stops at its deepest layer.
-    if probes is None:
-        cot = torch.eye(d, dtype=dtype, device=device).repeat(n_layers, 1)
-        per_layer = d
+    if probes is None:  # cotangents per layer: one-hot coordinates, or Gaussian probes
+        cot = torch.eye(d, dtype=dtype, device=device).expand(n_layers, d, d)
     else:
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        cot = torch.randn(n_layers * probes, d, generator=gen, dtype=torch.float64)
+        cot = torch.randn(n_layers, probes, d, generator=gen, dtype=torch.float64)
         cot = cot.to(device=device, dtype=dtype)
-        per_layer = probes
-    job_layer = torch.arange(1, n_layers + 1, device=device).repeat_interleave(per_layer)
     if chunk_size is None:
-        per_copy = 4 * m * n_layers * (24 * d + 4 * info.n_heads * m)
-        chunk_size = max(1, _CHUNK_BYTES // per_copy)
+        per_cotangent = 4 * m * (24 * d + 4 * info.n_heads * m)  # rough backward working set
+        chunk_size = max(1, _CHUNK_BYTES // per_cotangent)
     chunk = _positive_int(chunk_size, "chunk_size")
 
-    h0_name = _model.resid_name(0)
-    h0 = _model.capture(model, run, [h0_name], stop_at_layer=1)[h0_name]
+    jobs = [(layer, s) for layer in range(n_layers) for s in range(0, cot.shape[1], chunk)]
+    show = progress if progress is not None else len(jobs) > 4
     squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
-    starts = range(0, len(job_layer), chunk)
-    show = progress if progress is not None else len(starts) > 4
     try:
         with torch.enable_grad(), _model.preserved(model, freeze=True):
-            for start in tqdm(starts, desc="token_sensitivity", disable=not show, leave=False):
-                layers = job_layer[start : start + chunk]
-                grads = _vjp_chunk(model, run, h0, t, layers, cot[start : start + chunk], n_layers)
-                squares.index_add_(0, layers - 1, grads.double().square().sum(-1))
+            leaf, outputs = _forward_from_leaf(model, run, t, n_layers)
+            for layer, s in tqdm(jobs, desc="token_sensitivity", disable=not show, leave=False):
+                (grad,) = torch.autograd.grad(
+                    outputs[layer],
+                    leaf,
+                    grad_outputs=cot[layer, s : s + chunk],
+                    is_grads_batched=True,
+                    retain_graph=True,
+                )  # [chunk, 1, pos, d_model]: one VJP per cotangent
+                squares[layer] += grad.double().square().sum((0, 1, 3))
     finally:
         _model.release_graphs(model)
     if probes is not None:
@@ -196,19 +198,13 @@ def token_sensitivity(
     )
 
 
-def _vjp_chunk(
-    model: Any,
-    run: Int[Tensor, "1 pos"],
-    h0: Float[Tensor, "1 pos d_model"],
-    target: int,
-    layers: Int[Tensor, " batch"],
-    cot: Float[Tensor, "batch d_model"],
-    n_layers: int,
-) -> Float[Tensor, "batch pos d_model"]:
-    """One forward/backward pass: copy b returns ``cot_b · ∂h_target^(layers_b)/∂h^(0)``."""
-    batch = layers.shape[0]
-    leaf = h0.expand(batch, -1, -1).clone().requires_grad_(True)
-    wanted = sorted(set(layers.tolist()))
+def _forward_from_leaf(
+    model: Any, run: Int[Tensor, "1 pos"], target: int, n_layers: int
+) -> tuple[Float[Tensor, "1 pos d_model"], list[Tensor]]:
+    """One grad-enabled forward with ``h^(0)`` replaced by a fresh leaf; returns the leaf and
+    the target's residual ``[d_model]`` after each block 0..n_layers−1."""
+    name = _model.resid_name(0)
+    leaf = _model.capture(model, run, [name], stop_at_layer=1)[name].requires_grad_(True)
     outputs: dict[int, Tensor] = {}
 
     def replace(x: Tensor, hook: Any) -> Tensor:
@@ -216,27 +212,14 @@ def _vjp_chunk(
 
     def keeper(layer: int):
         def keep(x: Tensor, hook: Any) -> None:
-            outputs[layer] = x[:, target]
+            outputs[layer] = x[0, target]
 
         return keep
 
-    hooks = [(_model.resid_name(0), replace)]
-    hooks += [(_model.resid_name(layer), keeper(layer)) for layer in wanted]
-    deepest = wanted[-1]
-    _model.run_with_hooks(
-        model,
-        run.expand(batch, -1),
-        hooks,
-        grad=True,
-        stop_at_layer=deepest if deepest < n_layers else None,
-        freeze=True,
-    )
-    total = leaf.new_zeros(())
-    for layer in wanted:
-        rows = (layers == layer).nonzero().squeeze(1)
-        total = total + (outputs[layer][rows] * cot[rows]).sum()
-    (grad,) = torch.autograd.grad(total, leaf)
-    return grad
+    hooks = [(name, replace)]
+    hooks += [(_model.resid_name(layer), keeper(layer)) for layer in range(1, n_layers + 1)]
+    _model.run_with_hooks(model, run, hooks, grad=True, freeze=True)
+    return leaf, [outputs[layer] for layer in range(1, n_layers + 1)]
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -20,7 +20,7 @@ The gap is the L1 distance between the two last-token attention outputs, average
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -43,6 +43,8 @@ POSITIONAL = ("none", "sinusoidal", "rope", "alibi")
 
 
 def _check_lengths(lengths: Sequence[int], minimum: int = 1) -> list[int]:
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
+        raise InvalidArgumentError(f"lengths={lengths!r} must be a list of ints")
     out = list(lengths)
     if not out:
         raise InvalidArgumentError("lengths=[] is empty")

@@ -19,6 +19,7 @@ Example:
     'Count the ones: 1 1 1, 1 1. Answer:'
 """
 
+import inspect
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,24 +172,15 @@ def _check_n(n: Any, minimum: int = 1) -> int:
     return n
 
 
-def _pair(codec: _Codec, base: list[int], ext: list[int], task: str, n: int) -> Pair:
+def _pair(base: list[int], ext: list[int], task: str, n: int) -> Pair:
     return Pair(torch.tensor(base, dtype=torch.long), torch.tensor(ext, dtype=torch.long), task, n)
 
 
 def repeated_pair(
-    model: Any,
-    n: int,
-    *,
-    item: Piece = "1",
-    sep: Piece | None = None,
-    every: int = 3,
-    filler: Piece | None = None,
-    prefix: Piece = "",
-    joiner: str = " ",
-    bos: int | None | str = "auto",
-    symbols: Mapping[str, Any] | None = None,
-    task: str = "repeat",
-) -> Pair:
+    model: Any, n: int, *, item: Piece = "1", sep: Piece | None = None, every: int = 3,
+    filler: Piece | None = None, prefix: Piece = "", joiner: str = " ",
+    bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None, task: str = "repeat",
+) -> Pair:  # fmt: skip
     """n copies of ``item`` vs n+1 copies (Thm 4.2's v = [u, a], v* = [u, a, a]).
 
     ``sep`` adds a separator after every ``every``-th item (the paper's commas); ``filler``
@@ -205,19 +197,13 @@ def repeated_pair(
         raise InvalidArgumentError(  # pragma: no cover - guaranteed by construction
             f"item={item!r}: extension is not the base plus one repeated item"
         )
-    return _pair(codec, base, ext, task, n)
+    return _pair(base, ext, task, n)
 
 
 def alternating_pair(
-    model: Any,
-    n: int,
-    *,
-    items: tuple[Piece, Piece] = ("1", "0"),
-    prefix: Piece = "",
-    joiner: str = " ",
-    bos: int | None | str = "auto",
-    symbols: Mapping[str, Any] | None = None,
-) -> Pair:
+    model: Any, n: int, *, items: tuple[Piece, Piece] = ("1", "0"), prefix: Piece = "",
+    joiner: str = " ", bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None,
+) -> Pair:  # fmt: skip
     """``a b a b …`` vs ``b a b a …`` of n items each: Prop B.4's counter-example, whose
     last-token representations do not collapse."""
     codec = _Codec(model, bos=bos, symbols=symbols)
@@ -227,21 +213,14 @@ def alternating_pair(
         codec, [a if i % 2 == 0 else b for i in range(n)], prefix=prefix, joiner=joiner
     )
     ext = _sequence(codec, [b if i % 2 == 0 else a for i in range(n)], prefix=prefix, joiner=joiner)
-    return _pair(codec, base, ext, "alternating", n)
+    return _pair(base, ext, "alternating", n)
 
 
 def copy_pair(
-    model: Any,
-    n: int,
-    *,
-    which: str = "last",
-    item: Piece = "1",
-    other: Piece = "0",
-    prefix: Piece = "",
-    joiner: str = " ",
-    bos: int | None | str = "auto",
+    model: Any, n: int, *, which: str = "last", item: Piece = "1", other: Piece = "0",
+    prefix: Piece = "", joiner: str = " ", bos: int | None | str = "auto",
     symbols: Mapping[str, Any] | None = None,
-) -> Pair:
+) -> Pair:  # fmt: skip
     """Copying pairs. ``which="last"``: ``1…1 0`` vs ``1…1 0 0`` (Fig 1's ones followed by a
     zero, last token repeated); ``which="first"``: ``0 1…1`` vs ``1 1…1`` (same length)."""
     codec = _Codec(model, bos=bos, symbols=symbols)
@@ -255,7 +234,7 @@ def copy_pair(
         ext = _sequence(codec, [item] * n, **kw)
     else:
         raise InvalidArgumentError(f"which={which!r} must be 'last' or 'first'")
-    return _pair(codec, base, ext, f"copy-{which}", n)
+    return _pair(base, ext, f"copy-{which}", n)
 
 
 def _remedy_kwargs(remedy: str, every: int, sep: Piece) -> dict[str, Any]:
@@ -265,21 +244,10 @@ def _remedy_kwargs(remedy: str, every: int, sep: Piece) -> dict[str, Any]:
 
 
 def counting_prompt(
-    model: Any,
-    n: int,
-    *,
-    kind: str = "ones",
-    p: float = 0.7,
-    word: str = "cat",
-    seed: int = 0,
-    remedy: str = "none",
-    every: int = 3,
-    sep: Piece = ",",
-    filler: Piece = "and",
-    hint: str = _HINT,
-    template: str | None = None,
-    bos: int | None | str = "auto",
-) -> Prompt:
+    model: Any, n: int, *, kind: str = "ones", p: float = 0.7, word: str = "cat", seed: int = 0,
+    remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
+    hint: str = _HINT, template: str | None = None, bos: int | None | str = "auto",
+) -> Prompt:  # fmt: skip
     """Counting prompts of n items (PAPER.md §6): ``kind="ones"`` (all ones), ``"bernoulli"``
     (0/1 digits, P(1) = p, seeded), ``"word"`` (count ``word`` among n words drawn from a
     small list) or ``"sum"`` (``1 + 1 + … =``). ``remedy`` is one of :data:`REMEDIES`
@@ -311,21 +279,11 @@ def counting_prompt(
 
 
 def copying_prompt(
-    model: Any,
-    n: int,
-    *,
-    which: str = "last",
-    item: str = "1",
-    other: str = "0",
-    remedy: str = "none",
-    every: int = 3,
-    sep: Piece = ",",
-    filler: Piece = "and",
-    hint: str = _HINT,
-    repeat: int = 2,
-    template: str | None = None,
+    model: Any, n: int, *, which: str = "last", item: str = "1", other: str = "0",
+    remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
+    hint: str = _HINT, repeat: int = 2, template: str | None = None,
     bos: int | None | str = "auto",
-) -> Prompt:
+) -> Prompt:  # fmt: skip
     """Copying prompts (PAPER.md §6): the last digit of ``1…1 0`` or the first of ``0 1…1``.
     ``remedy="repeat-final"`` (last only) writes the final item ``repeat`` more times."""
     n = _check_n(n, 2)
@@ -408,17 +366,27 @@ def applicable_remedies(task: str) -> tuple[str, ...]:
     )
 
 
-def _lookup(table: Mapping[str, Callable[..., Any]], task: Any) -> Callable[..., Any]:
+def _lookup(
+    table: Mapping[str, Callable[..., Any]], task: Any, options: Mapping[str, Any] | None = None
+) -> Callable[..., Any]:
     if not isinstance(task, str) or task not in table:
         raise InvalidArgumentError(f"task={task!r} is not one of {list(table)}")
+    params = inspect.signature(table[task]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        known = set(params) - {"model", "n"}
+        unknown = sorted(set(options or ()) - known)
+        if unknown:
+            raise InvalidArgumentError(
+                f"task {task!r} has no option(s) {unknown}; its options are {sorted(known)}"
+            )
     return table[task]
 
 
 def task_pair(model: Any, task: str, n: int, **options: Any) -> Pair:
     """The :class:`Pair` of registered ``task`` at length n (see :func:`pair_tasks`)."""
-    return _lookup(_PAIRS, task)(model, n, **options)
+    return _lookup(_PAIRS, task, options)(model, n, **options)
 
 
 def task_prompt(model: Any, task: str, n: int, **options: Any) -> Prompt:
     """The :class:`Prompt` of registered ``task`` at length n (see :func:`prompt_tasks`)."""
-    return _lookup(_PROMPTS, task)(model, n, **options)
+    return _lookup(_PROMPTS, task, options)(model, n, **options)

@@ -34,6 +34,9 @@ __all__ = [
     "MAX_ATTENTION_TOKENS",
 ]
 
+#: Per-token values: a tensor, a numpy array or a list of numbers, one per token.
+Values = Float[Tensor, " pos"] | np.ndarray | Sequence[float | int]
+
 #: Attention views keep at most this many (final) positions so a page never freezes.
 MAX_ATTENTION_TOKENS = 256
 
@@ -78,9 +81,7 @@ def _as_list(values: Any) -> list[float]:
     return np.asarray(values, dtype=np.float64).tolist()
 
 
-def colored_tokens(
-    tokens: Sequence[str], values: Float[Tensor, " pos"] | Sequence[float | int], *, title: str = ""
-) -> View:
+def colored_tokens(tokens: Sequence[str], values: Values, *, title: str = "") -> View:
     """Tokens colored by one value each (e.g. measured sensitivity toward the target)."""
     import circuitsvis.tokens as cvt
 
@@ -91,7 +92,7 @@ def colored_tokens(
 
 def colored_tokens_multi(
     tokens: Sequence[str],
-    measures: Mapping[str, Float[Tensor, " pos"] | Sequence[float | int]],
+    measures: Mapping[str, Values],
     *,
     title: str = "",
 ) -> View:

@@ -116,7 +116,8 @@ def test_matches_run_with_cache_reference(arch_model):
 def test_native_dtype_equals_a_freshly_cast_model(arch):
     model = testing.tiny_model(arch)
     snap = _snapshot(model)
-    curve = collapse_curve(model, [2, 5], share_prefix=False, precisions=("bfloat16", "float16"))
+    prec = ("bfloat16", "float16")
+    curve = collapse_curve(model, [2, 5], share_prefix=False, precisions=prec, run_in_dtype=True)
     assert_unchanged(model, snap)
     assert _model.model_dtype(model) == torch.float32
     assert curve.native == ("bfloat16", "float16") and curve.unavailable == {}
@@ -129,6 +130,8 @@ def test_native_dtype_equals_a_freshly_cast_model(arch):
             got = got[(got.length == n) & (got.precision == precision) & (got["mode"] == "native")]
             ref_l1 = (a.double() - b.double()).abs().sum(-1)
             assert got.sort_values("layer")["l1"].tolist() == ref_l1.tolist()
+    default = collapse_curve(model, [2], precisions=prec)  # CPU: fp16 is emulated, opt-in
+    assert default.native == ("bfloat16",) and "float16" in default.unavailable
 
 
 def test_random_llama_repeats_collapse_alternating_does_not():
@@ -219,14 +222,15 @@ def test_frame_plot_html_and_batching(llama):
         "length", "layer", "precision", "mode", "l1", "linf", "rel_l2", "rel_linf",
         "identical", "collapsed",
     ]  # fmt: skip
-    assert len(df) == 3 * (llama.cfg.n_layers + 1) * 3 * 2  # lengths x layers x precisions x modes
+    # lengths x layers x (3 rounded + native float32 and bfloat16; float16 is opt-in on CPU)
+    assert len(df) == 3 * (llama.cfg.n_layers + 1) * 5
     batched = collapse_curve(llama, [2, 6, 20], task="alternating", batch_size=16).to_dataframe()
     torch.testing.assert_close(
         torch.tensor(batched["l1"].to_numpy()), torch.tensor(df["l1"].to_numpy()),
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
     fig = curve.plot()
-    assert len(fig.data) >= 6 and fig.layout.xaxis.type == "log"
+    assert len(fig.data) == 5 and fig.layout.xaxis.type == "log"  # one trace per (precision, mode)
     html = curve._repr_html_()
     assert "CollapseCurve" in html and "crossing length" in html
     with pytest.raises(OversquashError, match="metric='l2'"):

@@ -1,0 +1,449 @@
+"""classify_heads on planted heads (RoPE + GQA Llama), the NoPE counter-example of Round and
+Round, and every score against an independent reference (brute-force loops, one-head-at-a-time
+ablations, single-head forward passes, full d_model × d_model eigenvalues)."""
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from oversquash_lens import (
+    InvalidArgumentError,
+    InvalidPatternError,
+    InvalidTokensError,
+    _model,
+    testing,
+)
+from oversquash_lens.heads import LABELS, HeadReport, classify_heads, label_heads, pattern_scores
+
+from .conftest import assert_unchanged, state_snapshot
+
+TOKENS = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 9], [0, 6, 6, 6, 12, 13, 14, 15]])
+
+
+def _snapshot(model):
+    """state_snapshot after one forward (TL 4 bridges add permanent hooks on their first run)."""
+    with torch.no_grad():
+        model(TOKENS[:1])
+    return state_snapshot(model)
+
+
+# --------------------------------------------------------------------------- planted models
+D, H, KV, DH = 80, 10, 5, 8  # Llama: 10 query heads, 5 K/V heads (pairs share a key head)
+SIZE = 20.0  # |q| = |k| of planted heads: logit gaps of ~30 nats
+PLANTED = {0: "diagonal-noop", 2: "bos-sink", 4: "previous-token", 6: "diagonal-eraser"}
+PLANTED |= {8: "diagonal"}
+
+
+def planted_llama():
+    """Layer 0 of a fresh tiny RoPE Llama with planted heads (the label in ``PLANTED``).
+
+    Every token embedding gets a constant feature (dim 0), a BOS indicator (dim 1: +1 at BOS,
+    −1 elsewhere) and equal norm, so after RMSNorm a query/key that reads dim 0 is the same
+    vector at every position. Planted queries/keys live in chosen rotary pairs (dims p, p+4);
+    the other query head sharing the K/V head (head + 1) has its query zeroed on those dims,
+    so it keeps its random, unplanted pattern.
+    """
+    model = testing.tiny_model("llama", d_model=D, n_layers=2, n_heads=H, n_kv_heads=KV, seed=1)
+    hf = model.original_model.model
+    attn = hf.layers[0].self_attn
+    q, k, o, v = (attn.q_proj.weight, attn.k_proj.weight, attn.o_proj.weight, attn.v_proj.weight)
+    theta = hf.rotary_emb.inv_freq  # 1, 0.1, 0.01, 0.001
+    unit = math.sqrt(D / 3)  # |normalised dim 0| = |normalised dim 1| for every token
+
+    def rows(head, dims):
+        return [head * DH + d for d in dims]
+
+    def plant(head, q_vec, k_vec, feature=0):
+        dims = (q_vec != 0).nonzero().flatten().tolist()
+        dims = sorted({d % (DH // 2) for d in dims} | {d % (DH // 2) + DH // 2 for d in dims})
+        q[rows(head, range(DH))] = 0
+        q[rows(head, range(DH)), 0] = q_vec / unit
+        k[rows(head // (H // KV), dims)] = 0
+        k[rows(head // (H // KV), dims), feature] = k_vec[dims] / unit
+        q[rows(head + 1, dims)] = 0
+
+    with torch.no_grad():
+        emb = hf.embed_tokens.weight
+        rest = torch.randn(emb.shape[0], D - 2, generator=torch.Generator().manual_seed(0))
+        emb[:, 2:] = rest / rest.norm(dim=1, keepdim=True)  # (the pad row was all zeros)
+        emb[:, 0], emb[:, 1], emb[0, 1] = 1.0, -1.0, 1.0
+        const = torch.zeros(DH)
+        const[[0, 1]] = SIZE  # q = k in the two fastest rotary pairs: only j = i scores max
+        plant(0, const, const)
+        o[:, 0:DH] = 0  # writes nothing
+        sink = torch.zeros(DH)
+        sink[3] = SIZE  # slowest pair (cos(0.001 t) ≈ 1); key = ±SIZE from the BOS indicator
+        plant(2, sink, sink, feature=1)
+        prev = torch.zeros(DH)
+        prev[[0, 1]] = SIZE * torch.cos(theta[[0, 1]])
+        prev[[4, 5]] = SIZE * torch.sin(theta[[0, 1]])
+        plant(4, const, prev)  # key pre-rotated by one position: j = i − 1 scores max
+        plant(6, const, const)
+        o[:, 6 * DH : 7 * DH] = -5.0 * v[3 * DH : 4 * DH].T  # W_O = −5 W_V^T: erases
+        plant(8, const, const)
+        o[:, 8 * DH : 9 * DH] = 5.0 * v[4 * DH : 5 * DH].T  # W_O = +5 W_V^T: copies
+    return model
+
+
+def _random_prompts(n_seq=3, n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    body = torch.randint(4, 64, (n_seq, n - 1), generator=g)
+    return torch.cat([torch.zeros(n_seq, 1, dtype=torch.long), body], dim=1)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_llama()
+
+
+def test_planted_heads_get_their_labels_and_no_other_head_does(planted):
+    snap = _snapshot(planted)
+    report = classify_heads(planted, _random_prompts(), progress=False)
+    assert_unchanged(planted, snap)
+    expected = [[PLANTED.get(h, "mixing") for h in range(H)], ["mixing"] * H]
+    assert [list(row) for row in report.labels] == expected
+    frame = report.to_dataframe().set_index(["layer", "head"])
+    for head, column in [(0, "diag_min"), (2, "first_mass"), (4, "prev_min"), (6, "diag_min")]:
+        assert frame.loc[(0, head), column] > 0.999
+    assert frame.loc[(0, 8), "is_diagonal"] and frame.loc[(0, 4), "is_previous"]
+    assert frame.loc[(0, 0), "write_ratio"] == 0  # W_O = 0: nothing written, nothing to ablate
+    assert frame.loc[(0, 0), ["delta_loss_zero", "delta_loss_mean"]].abs().max() == 0
+    assert frame.loc[(0, 6), "ov_copying"] == pytest.approx(-1, abs=1e-5)
+    assert frame.loc[(0, 8), "ov_copying"] == pytest.approx(1, abs=1e-5)
+    assert frame.loc[(0, 6), "write_ratio"] > 0.1 and frame.loc[(0, 8), "write_ratio"] > 0.1
+    assert report.counts().to_dict() == {
+        "diagonal-noop": 1,
+        "diagonal-eraser": 1,
+        "diagonal": 1,
+        "bos-sink": 1,
+        "previous-token": 1,
+        "mixing": 15,
+    }
+    assert sorted(zip(report.flagged["head"], report.flagged["label"])) == sorted(PLANTED.items())
+
+
+def test_rope_diagonal_head_survives_repeated_tokens(planted):
+    """RoPE separates identical keys by position: [bos, x, x, ...] stays diagonal."""
+    report = classify_heads(planted, [[0] + [7] * 20], ablation=False, progress=False)
+    assert report.labels[0][0] == "diagonal-noop" and report.labels[0][8] == "diagonal"
+    assert report.diag_min[0, 0] > 0.999
+    assert torch.isnan(report.delta_loss_zero).all() and torch.isnan(report.delta_loss_mean).all()
+
+
+def _nope_gpt2(edit):
+    """Tiny GPT-2 with its position embeddings zeroed (NoPE) and head 0 of layer 0 set to
+    q = k: ``"constant"`` (W_Q = W_K = 0, equal large biases) or ``"token"`` (W_K = W_Q, large)."""
+    model = testing.tiny_model("gpt2", seed=2)
+    hf = model.original_model.transformer
+    d = model.cfg.d_model
+    with torch.no_grad():
+        hf.wpe.weight.zero_()
+        w, b = hf.h[0].attn.c_attn.weight, hf.h[0].attn.c_attn.bias
+        if edit == "constant":
+            w[:, 0:8], w[:, d : d + 8] = 0, 0
+            b[0:8], b[d : d + 8] = 20.0, 20.0
+        else:
+            w[:, 0:8] *= 100
+            w[:, d : d + 8], b[d : d + 8] = w[:, 0:8], b[0:8]
+    return model
+
+
+def test_nope_cannot_make_a_diagonal_head():
+    """Round and Round: without positions, q = k cannot single out the current token. Identical
+    tokens have identical keys, so [bos, x, x] splits query 2 evenly between keys 1 and 2
+    (α_22 = α_21 ≤ 1/2); a constant q = k gives exactly uniform rows α_ij = 1/(i+1)."""
+    token = _nope_gpt2("token")
+    pattern = _model.attention_patterns(token, torch.tensor([[0, 7, 7]]))[0, 0, 0]
+    assert pattern[1, 1] > 0.99  # the same edit is diagonal where tokens differ ...
+    assert pattern[2, 1] == pytest.approx(pattern[2, 2].item(), abs=1e-6)  # ... not on a repeat
+    repeats = [[0, 7, 7], [0, 5, 9, 5, 9, 11, 11, 11, 12, 13, 14, 15, 15, 16, 17]]
+    report = classify_heads(token, repeats, progress=False)
+    assert report.diag_min[0, 0] <= 0.5 + 1e-6
+    assert not report.labels[0][0].startswith("diagonal")
+    assert not report.to_dataframe().loc[0, "is_diagonal"]
+
+    constant = _nope_gpt2("constant")
+    long = _random_prompts(2, 24)
+    pattern = _model.attention_patterns(constant, long)[0, 0, 0]
+    uniform = torch.tril(torch.ones(24, 24)) / torch.arange(1, 25)[:, None]
+    torch.testing.assert_close(pattern, uniform, atol=1e-5, rtol=0)
+    report = classify_heads(constant, long, ablation=False, progress=False)
+    assert report.labels[0][0] == "mixing"
+    expected = sum(1 / (i + 1) for i in range(1, 24)) / 23
+    assert report.diag_mass[0, 0].item() == pytest.approx(expected, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- references
+def _brute_force_stats(p, window):
+    """Python loops over one [query, key] pattern."""
+    n = p.shape[0]
+    diag = [p[i, i].item() for i in range(1, n)]
+    prev = [p[i, i - 1].item() for i in range(1, n)]
+    first = [p[t, 0].item() for t in range(1, min(n, window))]
+    ent = [-sum(x * math.log(x) for x in p[i, : i + 1].tolist() if x > 0) for i in range(1, n)]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return [mean(diag), min(diag), mean(prev), min(prev), mean(first), mean(ent)]
+
+
+def _random_patterns(batch, layers, heads, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, layers, heads, n, n, generator=g, dtype=torch.float64) * 3
+    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    return logits.masked_fill(~causal, -torch.inf).softmax(-1)
+
+
+@pytest.mark.parametrize("window", [64, 4])
+def test_pattern_scores_match_brute_force(window):
+    pats = _random_patterns(3, 2, 3, 7)
+    scores = pattern_scores(pats, sink_window=window)
+    names = ["diag_mass", "diag_min", "prev_mass", "prev_min", "first_mass", "entropy"]
+    for layer in range(2):
+        for head in range(3):
+            per_seq = [_brute_force_stats(pats[b, layer, head], window) for b in range(3)]
+            for i, name in enumerate(names):
+                values = [s[i] for s in per_seq]
+                want = min(values) if name.endswith("_min") else sum(values) / 3
+                assert scores[name][layer, head].item() == pytest.approx(want, abs=1e-6), name
+    one = pattern_scores(pats[1], sink_window=window)  # [layer, head, q, k]: one sequence
+    assert one["entropy"][1, 2].item() == pytest.approx(_brute_force_stats(pats[1, 1, 2], 64)[5])
+
+
+def test_pattern_scores_from_a_cache_equal_model_scores(llama):
+    _, cache = llama.run_with_cache(TOKENS, names_filter=lambda n: n.endswith("hook_pattern"))
+    from_cache = pattern_scores(cache)
+    from_tensor = pattern_scores(_model.attention_patterns(llama, TOKENS))
+    report = classify_heads(llama, TOKENS, ablation=False, progress=False)
+    for name, value in from_cache.items():
+        torch.testing.assert_close(value, from_tensor[name])
+        torch.testing.assert_close(value, getattr(report, name), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.transpose(-1, -2), "not causal"),
+        (lambda p: p * 0.5, "do not sum to 1"),
+        (lambda p: p[..., :3], "query == key"),
+        (lambda p: p[..., :1, :1], "query == key >= 2"),
+        (lambda p: p.masked_fill(p > 0.9, float("nan")), "NaN"),
+        (lambda p: p.long(), "floating point"),
+    ],
+)
+def test_pattern_scores_reject_bad_patterns(edit, message):
+    with pytest.raises(InvalidPatternError, match=message):
+        pattern_scores(edit(_random_patterns(1, 2, 2, 5)))
+
+
+def _loss(logits, toks):
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), toks[:, 1:], reduction="none"
+    )
+    return ce.mean(1)
+
+
+def test_ablation_matches_one_head_at_a_time(arch_model):
+    """Batched ablations (replicated batch, start at the head's layer; chunks of 2 copies of a
+    2-sequence batch and of 4 copies of a 1-sequence batch) equal full forward passes that
+    ablate one head at a time, on prompts of two lengths (mean over both)."""
+    seqs = [TOKENS[0], TOKENS[1], TOKENS[0, :5]]
+    report = classify_heads(arch_model, seqs, batch_size=4, progress=False)
+    info = _model.model_info(arch_model)
+    zs = [
+        _model.capture(arch_model, s[None], [_model.z_name(b) for b in range(info.n_layers)])
+        for s in seqs
+    ]
+    clean = torch.stack(
+        [_loss(_model.run_with_hooks(arch_model, s[None], []), s[None]) for s in seqs]
+    )
+    checked = [(0, 1), (info.n_layers - 1, 0), (info.n_layers - 1, info.n_heads - 1)]
+    for layer, head in checked:  # first chunk of layer 0, first and last chunk of the last layer
+        name = _model.z_name(layer)
+        mean = torch.cat([z[name][0, 1:] for z in zs]).mean(0)  # [head, d_head]
+        for mode, value in (("zero", torch.zeros_like(mean[head])), ("mean", mean[head])):
+
+            def hook(z, hook, head=head, value=value):
+                z = z.clone()
+                z[:, 1:, head] = value
+                return z
+
+            ablated = torch.stack(
+                [
+                    _loss(_model.run_with_hooks(arch_model, s[None], [(name, hook)]), s[None])
+                    for s in seqs
+                ]
+            )
+            want = (ablated - clean).mean().item()
+            got = getattr(report, f"delta_loss_{mode}")[layer, head].item()
+            assert got == pytest.approx(want, abs=2e-5), (layer, head, mode)
+    assert report.clean_loss == pytest.approx(clean.mean().item(), abs=1e-5)
+    assert report.n_sequences == 3 and report.n_tokens == 8 + 8 + 5
+
+
+def test_write_ratio_matches_single_head_forward(arch_model):
+    """‖head output‖ from a forward pass where every other head's z is zeroed (attn_out minus
+    the all-heads-zeroed attn_out, which is the output bias), over ‖resid_pre‖."""
+    info = _model.model_info(arch_model)
+    report = classify_heads(arch_model, TOKENS, ablation=False, progress=False)
+
+    def capture_with(layer, heads):
+        """attn_out and resid_pre of ``layer`` with every head but ``heads`` zeroed."""
+        names = [_model.attn_out_name(layer), _model.resid_pre_name(layer)]
+        keep = torch.zeros(info.n_heads, 1)
+        keep[heads] = 1
+        store = {}
+        hooks = [(_model.z_name(layer), lambda z, hook: z * keep.to(z.dtype))]
+        hooks += [(n, lambda x, hook, n=n: store.__setitem__(n, x.clone())) for n in names]
+        _model.run_with_hooks(arch_model, TOKENS, hooks)
+        return store[names[0]], store[names[1]]
+
+    for layer in range(info.n_layers):
+        bias, _ = capture_with(layer, [])
+        for head in range(info.n_heads):
+            out, resid = capture_with(layer, [head])
+            ratio = ((out - bias).norm(dim=-1) / resid.norm(dim=-1))[:, 1:].mean()
+            assert report.write_ratio[layer, head].item() == pytest.approx(ratio.item(), rel=1e-4)
+
+
+def _hf_attention(model, layer):
+    hf = model.original_model
+    return (hf.model if hasattr(hf, "model") else hf).layers[layer]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_ov_scores_match_full_matrix_from_hf_weights(arch):
+    """Eigenvalues of the d_model × d_model OV circuit diag(g)·W_V·W_O built straight from the
+    Hugging Face weights (K/V heads repeated by hand; Gemma's norm scales by 1 + weight)."""
+    model = testing.tiny_model(arch, n_heads=4, n_kv_heads=2, seed=3)
+    with torch.no_grad():  # give the norm a non-trivial scale to fold
+        _hf_attention(model, 0).input_layernorm.weight.uniform_(0.5, 1.5)
+    report = classify_heads(model, TOKENS, ablation=False, progress=False)
+    assert report.norm_folded
+    layer = _hf_attention(model, 0)
+    g = layer.input_layernorm.weight.detach().double() + (1.0 if arch == "gemma" else 0.0)
+    wv = layer.self_attn.v_proj.weight.detach().double()  # [kv * d_head, d_model]
+    wo = layer.self_attn.o_proj.weight.detach().double()  # [d_model, heads * d_head]
+    dh = model.cfg.d_head
+    for head in range(4):
+        kv = head // 2
+        full = (g[:, None] * wv[kv * dh : (kv + 1) * dh].T) @ wo[:, head * dh : (head + 1) * dh].T
+        lam = torch.linalg.eigvals(full)
+        want = (lam.real.sum() / lam.abs().sum()).item()
+        neg = ((lam.abs() * (lam.real < 0)).sum() / lam.abs().sum()).item()
+        assert report.ov_copying[0, head].item() == pytest.approx(want, abs=1e-4)
+        assert report.ov_neg_fraction[0, head].item() == pytest.approx(neg, abs=1e-4)
+    unfolded = classify_heads(model, TOKENS, ablation=False, fold_norm=False, progress=False)
+    assert not unfolded.norm_folded and not torch.equal(unfolded.ov_copying, report.ov_copying)
+
+
+# --------------------------------------------------------------------------- API
+def test_runs_on_every_architecture_and_leaves_the_model_alone(arch_model):
+    snap = _snapshot(arch_model)
+    report = classify_heads(arch_model, TOKENS, progress=True)
+    assert_unchanged(arch_model, snap)
+    info = _model.model_info(arch_model)
+    frame = report.to_dataframe()
+    assert len(frame) == info.n_layers * info.n_heads
+    assert set(frame["label"]) <= set(LABELS)
+    assert frame[["diag_mass", "first_mass", "write_ratio", "delta_loss_zero"]].notna().all().all()
+    assert report.counts().sum() == len(frame) and list(report.counts().index) == list(LABELS)
+    assert "HeadReport" in report._repr_html_()
+    assert type(report.plot()).__name__ == "Figure"
+    assert type(report.plot("diag_mass")).__name__ == "Figure"
+    assert isinstance(report.flagged, pd.DataFrame)
+
+
+def test_relabel_and_sink_thresholds(planted):
+    report = classify_heads(planted, _random_prompts(2), ablation=False, progress=False)
+    assert isinstance(report, HeadReport)
+    everything_sinks = report.relabel(sink_threshold=0.05)  # Gu 0.3 vs a looser cut
+    assert everything_sinks.counts()["bos-sink"] > report.counts()["bos-sink"] == 1
+    assert report.relabel(sink_threshold=0.8).labels[0][2] == "bos-sink"  # Barbero's 0.8
+    strict = report.relabel(strict=True)
+    assert strict.labels == report.labels  # planted heads pass Def 5.1 at every query
+    with pytest.raises(InvalidArgumentError, match="unknown threshold"):
+        report.relabel(epsilon=0.2)
+    with pytest.raises(InvalidArgumentError, match="score='nope'"):
+        report.plot("nope")
+
+
+def _grid(**overrides):
+    base = dict(
+        diag_mass=0.2, diag_min=0.1, prev_mass=0.2, prev_min=0.1, first_mass=0.1,
+        write_ratio=0.5, delta_loss_zero=0.1, delta_loss_mean=0.1, ov_copying=0.0,
+    )  # fmt: skip
+    base |= overrides
+    return SimpleNamespace(**{k: torch.tensor([[float(v)]]) for k, v in base.items()})
+
+
+@pytest.mark.parametrize(
+    ("scores", "strict", "label"),
+    [
+        (
+            dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero=0.001, delta_loss_mean=0),
+            0,
+            "diagonal-noop",
+        ),
+        (dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero=0.5), 0, "diagonal"),
+        (
+            dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero="nan", delta_loss_mean="nan"),
+            0,
+            "diagonal-noop",
+        ),
+        (dict(diag_mass=0.95, ov_copying=-0.9), 0, "diagonal-eraser"),
+        (
+            dict(
+                diag_mass=0.95,
+                ov_copying=-0.9,
+                write_ratio=0.0,
+                delta_loss_zero=0,
+                delta_loss_mean=0,
+            ),
+            0,
+            "diagonal-noop",
+        ),
+        (dict(diag_mass=0.95, diag_min=0.5), 1, "mixing"),
+        (dict(diag_mass=0.95, diag_min=0.5, first_mass=0.4), 1, "bos-sink"),
+        (dict(diag_mass=0.95, first_mass=0.4), 0, "diagonal"),
+        (dict(first_mass=0.4, prev_mass=0.95), 0, "bos-sink"),
+        (dict(prev_mass=0.95), 0, "previous-token"),
+        (dict(prev_mass=0.95, prev_min=0.2), 1, "mixing"),
+        (dict(ov_copying=-1.0), 0, "mixing"),
+    ],
+)
+def test_label_rules_and_precedence(scores, strict, label):
+    from oversquash_lens.heads import HeadThresholds
+
+    assert label_heads(_grid(**scores), HeadThresholds(strict=bool(strict))) == ((label,),)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(tokens=[[0]]), InvalidTokensError, "1 position"),
+        (dict(tokens=[[0, 99]]), InvalidTokensError, "token id 99"),
+        (dict(tokens=["the cat", ""]), InvalidTokensError, "tokens=''"),
+        (dict(eps=1.5), InvalidArgumentError, "eps=1.5"),
+        (dict(sink_threshold=0.0), InvalidArgumentError, "sink_threshold=0.0"),
+        (dict(write_threshold=-1.0), InvalidArgumentError, "write_threshold=-1.0"),
+        (dict(sink_window=1), InvalidArgumentError, "sink_window=1"),
+        (dict(batch_size=0), InvalidArgumentError, "batch_size=0"),
+    ],
+)
+def test_bad_input_names_the_value(llama, kwargs, error, message):
+    kwargs = {"tokens": TOKENS, **kwargs}
+    with pytest.raises(error, match=message):
+        classify_heads(llama, kwargs.pop("tokens"), progress=False, **kwargs)
+
+
+def test_texts_of_different_lengths_run_unpadded(llama):
+    texts = ["the cat sat on the mat", "1 2 3", "what is the last digit"]
+    report = classify_heads(llama, texts, progress=False)
+    lengths = [llama.to_tokens(t).shape[1] for t in texts]
+    assert report.n_sequences == 3 and report.n_tokens == sum(lengths)
+    alone = [classify_heads(llama, t, ablation=False, progress=False) for t in texts]
+    want = torch.stack([r.diag_mass for r in alone]).mean(0)
+    torch.testing.assert_close(report.diag_mass, want)
+    torch.testing.assert_close(report.diag_min, torch.stack([r.diag_min for r in alone]).amin(0))
