@@ -20,6 +20,9 @@ from .errors import ModelLoadError as ModelLoadError
 from .errors import OversquashError as OversquashError
 from .errors import UnsupportedModelError as UnsupportedModelError
 from .glasses import adaptive_temperature as adaptive_temperature
+from .heads import HeadReport as HeadReport
+from .heads import classify_heads as classify_heads
+from .heads import pattern_scores as pattern_scores
 from .loading import load_model as load_model
 from .paths import path_counts as path_counts
 from .profile import OversquashProfile as OversquashProfile
@@ -51,6 +54,9 @@ __all__ = [
     "AccuracyReport",
     "task_accuracy",
     "adaptive_temperature",
+    "HeadReport",
+    "classify_heads",
+    "pattern_scores",
     "path_counts",
     "attention_rollout",
     "attention_rollout_from_model",

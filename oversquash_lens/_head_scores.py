@@ -149,7 +149,7 @@ def measure(
     deltas = torch.full((2, *shape), float("nan"), dtype=torch.float64)
     if ablation:
         values = torch.zeros(2, *shape, info.d_head, dtype=torch.float64)
-        values[1] = totals.z_sum / totals.n_z  # zero ablation, mean ablation
+        values[1] = totals.z_sum / totals.n_z  # [0]: zero ablation, [1]: mean ablation
         values = values.to(_model.model_device(model))
         copies = [copies_per_pass(info, g.shape[0], g.shape[1], batch_size) for g in groups]
         n_passes = sum(info.n_layers * -(-2 * info.n_heads // c) for c in copies)

@@ -23,7 +23,8 @@ Labels, first matching rule wins (thresholds are keyword options of :class:`Head
 
 1. *diagonal* heads: ``diag_mass ≥ 1−eps`` (or Def 5.1, ``diag_min > 1−eps``, with ``strict``):
    ``diagonal-noop`` if ``write_ratio < write_threshold`` and, when ablations were run, both
-   ``|delta_loss|`` < ``ablation_threshold``; else ``diagonal-eraser`` if ``ov_copying <
+   ``|delta_loss|`` < ``ablation_threshold`` (a head that writes little but matters is not a
+   no-op); else ``diagonal-eraser`` if ``ov_copying <
    −eraser_threshold``; else ``diagonal``;
 2. ``bos-sink`` if ``first_mass ≥ sink_threshold``;
 3. ``previous-token`` if ``prev_mass ≥ 1−eps`` (``prev_min > 1−eps`` with ``strict``);
@@ -46,7 +47,14 @@ from . import _model
 from ._display import frame_html
 from .errors import InvalidArgumentError
 
-__all__ = ["LABELS", "HeadThresholds", "HeadReport", "classify_heads", "pattern_scores"]
+__all__ = [
+    "LABELS",
+    "HeadThresholds",
+    "HeadReport",
+    "classify_heads",
+    "label_heads",
+    "pattern_scores",
+]
 
 LABELS = ("diagonal-noop", "diagonal-eraser", "diagonal", "bos-sink", "previous-token", "mixing")
 _SCORES = (*hs.PATTERN_STATS, "write_ratio", "delta_loss_zero", "delta_loss_mean")
@@ -63,7 +71,8 @@ class HeadThresholds:
         sink_threshold: first-token mass for ``bos-sink`` (default 0.3, Gu et al.; 0.8 Barbero).
         write_threshold: write ratio below which a diagonal head may be a no-op (default 0.05).
         ablation_threshold: |Δ loss| in nats below which ablating it "barely matters" (0.01).
-        eraser_threshold: ``ov_copying < −eraser_threshold`` marks an eraser (default 0.5).
+        eraser_threshold: ``ov_copying < −eraser_threshold`` marks an eraser (default 0.5;
+            any value in (−1, 1)).
         strict: use Def 5.1 (every query i ≥ 1 above 1−ε) instead of the mean mass.
     """
 
@@ -319,8 +328,13 @@ def classify_heads(
         batch_size: most sequences per ablation forward pass (default: a ~512 MB budget).
         progress: show a progress bar over the ablation passes.
 
-    Ablations keep the residual entering every block for the prompts in memory
-    (``n_layers · batch · pos · d_model`` values).
+    Notes:
+        Use prompts of a few dozen tokens: uniform attention already has ``first_mass`` =
+        (H_n − 1)/(n − 1) (0.42 at n = 3, 0.29 at n = 6, 0.12 at n = 24; H_n harmonic), so on
+        very short prompts mixing heads pass the 0.3 sink threshold. Ablations keep the
+        residual entering every block for the prompts in memory (``n_layers · batch · pos ·
+        d_model`` values); their cost is about ``n_heads · (n_layers + 1)`` forward passes
+        (``benchmarks/heads.py``), so pass ``ablation=False`` for quick looks at big models.
     """
     thresholds = HeadThresholds(
         eps=eps,

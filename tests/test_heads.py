@@ -16,7 +16,14 @@ from oversquash_lens import (
     _model,
     testing,
 )
-from oversquash_lens.heads import LABELS, HeadReport, classify_heads, label_heads, pattern_scores
+from oversquash_lens.heads import (
+    LABELS,
+    HeadReport,
+    HeadThresholds,
+    classify_heads,
+    label_heads,
+    pattern_scores,
+)
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -213,7 +220,9 @@ def test_pattern_scores_match_brute_force(window):
 
 def test_pattern_scores_from_a_cache_equal_model_scores(llama):
     _, cache = llama.run_with_cache(TOKENS, names_filter=lambda n: n.endswith("hook_pattern"))
+    before = {k: v.clone() for k, v in cache.items()}
     from_cache = pattern_scores(cache)
+    assert all(torch.equal(cache[k], v) for k, v in before.items())  # cache not mutated
     from_tensor = pattern_scores(_model.attention_patterns(llama, TOKENS))
     report = classify_heads(llama, TOKENS, ablation=False, progress=False)
     for name, value in from_cache.items():
@@ -369,54 +378,33 @@ def test_relabel_and_sink_thresholds(planted):
         report.plot("nope")
 
 
-def _grid(**overrides):
-    base = dict(
-        diag_mass=0.2, diag_min=0.1, prev_mass=0.2, prev_min=0.1, first_mass=0.1,
-        write_ratio=0.5, delta_loss_zero=0.1, delta_loss_mean=0.1, ov_copying=0.0,
-    )  # fmt: skip
-    base |= overrides
-    return SimpleNamespace(**{k: torch.tensor([[float(v)]]) for k, v in base.items()})
+NOOP = "diag_mass=0.95 write_ratio=0.01 delta_loss_zero=0.001 delta_loss_mean=0"
 
 
 @pytest.mark.parametrize(
-    ("scores", "strict", "label"),
+    ("spec", "strict", "label"),
     [
-        (
-            dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero=0.001, delta_loss_mean=0),
-            0,
-            "diagonal-noop",
-        ),
-        (dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero=0.5), 0, "diagonal"),
-        (
-            dict(diag_mass=0.95, write_ratio=0.01, delta_loss_zero="nan", delta_loss_mean="nan"),
-            0,
-            "diagonal-noop",
-        ),
-        (dict(diag_mass=0.95, ov_copying=-0.9), 0, "diagonal-eraser"),
-        (
-            dict(
-                diag_mass=0.95,
-                ov_copying=-0.9,
-                write_ratio=0.0,
-                delta_loss_zero=0,
-                delta_loss_mean=0,
-            ),
-            0,
-            "diagonal-noop",
-        ),
-        (dict(diag_mass=0.95, diag_min=0.5), 1, "mixing"),
-        (dict(diag_mass=0.95, diag_min=0.5, first_mass=0.4), 1, "bos-sink"),
-        (dict(diag_mass=0.95, first_mass=0.4), 0, "diagonal"),
-        (dict(first_mass=0.4, prev_mass=0.95), 0, "bos-sink"),
-        (dict(prev_mass=0.95), 0, "previous-token"),
-        (dict(prev_mass=0.95, prev_min=0.2), 1, "mixing"),
-        (dict(ov_copying=-1.0), 0, "mixing"),
+        (NOOP, False, "diagonal-noop"),
+        (NOOP + " delta_loss_zero=0.5", False, "diagonal"),  # ablating it matters: no no-op
+        (NOOP + " delta_loss_zero=nan delta_loss_mean=nan", False, "diagonal-noop"),  # skipped
+        (NOOP + " ov_copying=-0.9", False, "diagonal-noop"),  # no-op before eraser
+        ("diag_mass=0.95 ov_copying=-0.9", False, "diagonal-eraser"),
+        ("diag_mass=0.95 ov_copying=-0.4", False, "diagonal"),
+        ("diag_mass=0.95 diag_min=0.5", True, "mixing"),  # Def 5.1 fails at one query
+        ("diag_mass=0.95 diag_min=0.5 first_mass=0.4", True, "bos-sink"),
+        ("diag_mass=0.95 first_mass=0.4", False, "diagonal"),  # diagonal before sink
+        ("first_mass=0.4 prev_mass=0.95", False, "bos-sink"),  # sink before previous-token
+        ("prev_mass=0.95", False, "previous-token"),
+        ("prev_mass=0.95 prev_min=0.2", True, "mixing"),
+        ("ov_copying=-1.0", False, "mixing"),  # erasing OV alone is no label
     ],
 )
-def test_label_rules_and_precedence(scores, strict, label):
-    from oversquash_lens.heads import HeadThresholds
-
-    assert label_heads(_grid(**scores), HeadThresholds(strict=bool(strict))) == ((label,),)
+def test_label_rules_and_precedence(spec, strict, label):
+    scores = dict(diag_mass=0.2, diag_min=0.1, prev_mass=0.2, prev_min=0.1, first_mass=0.1)
+    scores |= dict(write_ratio=0.5, delta_loss_zero=0.1, delta_loss_mean=0.1, ov_copying=0.0)
+    scores |= dict(item.split("=") for item in spec.split())
+    grid = SimpleNamespace(**{k: torch.tensor([[float(v)]]) for k, v in scores.items()})
+    assert label_heads(grid, HeadThresholds(strict=strict)) == ((label,),)
 
 
 @pytest.mark.parametrize(
