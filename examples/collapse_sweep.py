@@ -7,6 +7,7 @@
 """
 
 import argparse
+import os
 import time
 
 import pandas as pd
@@ -14,6 +15,8 @@ import pandas as pd
 import oversquash_lens as osl
 from oversquash_lens.collapse import resolution
 from oversquash_lens.tasks import pair_tasks
+
+QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--native", action="store_true", help="also run the model in each dtype")
     parser.add_argument("--layer", type=int, default=-1, help="residual layer for the table")
-    parser.add_argument("--quick", action="store_true", help="short sweep (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=QUICK_ENV,
+        help="short sweep (CI); also OVERSQUASH_QUICK=1",
+    )
     parser.add_argument("--csv", help="write the full long-format table here")
     args = parser.parse_args(argv)
 

@@ -10,6 +10,7 @@ assistant's answer started ("The last digit is", "There are") so the next token 
 """
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,8 @@ QUESTIONS = {
     "count-word": ("How many times does the word {word} appear in: {items}?", "It appears"),
     "sum-ones": ("What is {items}?", "The sum is"),
 }
+
+QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
 
 
 def chat_options(model: Any, task: str) -> dict[str, Any]:
@@ -56,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="prompts per length (random tasks)")
     parser.add_argument("--other", default="7", help="the odd digit of copy tasks")
     parser.add_argument("--no-chat", action="store_true", help="plain prompt, no chat template")
-    parser.add_argument("--quick", action="store_true", help="short lengths (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=QUICK_ENV,
+        help="short lengths (CI); also OVERSQUASH_QUICK=1",
+    )
     args = parser.parse_args(argv)
 
     lengths = args.lengths or ([2, 4, 8] if args.quick else [2, 4, 8, 16, 32, 64])

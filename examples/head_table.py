@@ -7,6 +7,7 @@ scores, write ratio, ablation effect and OV eigenvalue summary.
 """
 
 import argparse
+import os
 import time
 
 import pandas as pd
@@ -31,6 +32,8 @@ COLUMNS = [
     "ov_copying",
 ]
 
+QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink", type=float, default=0.3, help="BOS-sink first-token mass")
     parser.add_argument("--no-ablation", action="store_true", help="skip the head ablations")
     parser.add_argument("--all", action="store_true", help="print every head, not only flagged")
-    parser.add_argument("--quick", action="store_true", help="one short text, no ablation (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=QUICK_ENV,
+        help="one short text, no ablation (CI); also OVERSQUASH_QUICK=1",
+    )
     parser.add_argument("--csv", help="write every head's scores here")
     args = parser.parse_args(argv)
 

@@ -7,6 +7,7 @@ the Theorem 5.1 bound and the measured Jacobian sensitivity of the last token, s
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -16,17 +17,25 @@ import oversquash_lens as osl
 from oversquash_lens import viz
 
 DEFAULT_PROMPT = "What is the last digit in this sequence? 3 1 4 1 5 9 2 6 5 3 5 8 9 7. Answer:"
+QUICK_PROMPT = "What is the last digit in this sequence? 3 1 4 1 5. Answer:"
+
+QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="HF folder or hub name (default: embedded)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--prompt", help="text to profile (default: a copy-the-last-digit prompt)")
     parser.add_argument("--target", type=int, default=-1, help="receiving position")
     parser.add_argument("--method", choices=["estimate", "exact"], default="estimate")
     parser.add_argument("--probes", type=int, default=16, help="probes per layer (estimate)")
     parser.add_argument("--layer", type=int, default=-1, help="depth shown (1..n_layers, -1)")
-    parser.add_argument("--quick", action="store_true", help="4 probes (CI)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=QUICK_ENV,
+        help="shorter prompt, 4 probes (CI); also OVERSQUASH_QUICK=1",
+    )
     parser.add_argument("--html", help="write a self-contained HTML view here")
     args = parser.parse_args(argv)
 
@@ -35,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     profile = osl.oversquash_profile(
         model,
-        args.prompt,
+        args.prompt or (QUICK_PROMPT if args.quick else DEFAULT_PROMPT),
         target=args.target,
         method=args.method,
         n_probes=4 if args.quick else args.probes,

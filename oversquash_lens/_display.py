@@ -8,4 +8,6 @@ import pandas as pd
 def frame_html(title: str, frame: pd.DataFrame, *, max_rows: int = 30) -> str:
     """A bold title line above a (truncated) DataFrame rendered as an HTML table."""
     body = frame.to_html(max_rows=max_rows, float_format=lambda v: f"{v:.4g}")
-    return f"<div><p>{html.escape(title) if '<' not in title else title}</p>{body}</div>"
+    title = html.escape(title) if "<" not in title else title
+    # A wide table scrolls inside its own box instead of widening the page.
+    return f'<div><p>{title}</p><div style="overflow-x:auto;max-width:100%">{body}</div></div>'

@@ -116,8 +116,9 @@ def model_info(model: Any) -> ModelInfo:
     arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
     if direction != "causal" or any(k in arch for k in ("Bert", "Encoder", "T5", "Bart")):
         raise UnsupportedModelError(
-            f"model {getattr(cfg, 'model_name', arch)!r} has attention_dir={direction!r} "
-            f"(architecture {arch!r}); oversquash_lens analyses causal decoder-only models only"
+            f"model {getattr(cfg, 'model_name', arch)!r} is 'bidirectional' (attention_dir="
+            f"{direction!r}, architecture {arch!r}); oversquash_lens analyses causal "
+            f"decoder-only models only"
         )
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
@@ -449,7 +450,13 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
     """
     saved: list[tuple[Tensor, Tensor]] = []
     seen: set[int] = set()
+    # TransformerLens components cast to ``cfg.dtype`` inside forward (e.g. RMSNorm's output in
+    # TL 3.x), so ``model.to(dtype)`` also updates the config: do the same, and restore it.
+    cfg = getattr(model, "cfg", None)
+    cfg_dtype = getattr(cfg, "dtype", None)
     try:
+        if isinstance(cfg_dtype, torch.dtype):
+            cfg.dtype = dtype
         for t in [*model.parameters(), *model.buffers()]:
             if id(t) in seen or not t.is_floating_point() or t.dtype == dtype:
                 continue
@@ -460,6 +467,8 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
     finally:
         for t, data in saved:
             t.data = data
+        if isinstance(cfg_dtype, torch.dtype):
+            cfg.dtype = cfg_dtype
 
 
 def text_tokenizer(model: Any) -> Any | None:
@@ -527,3 +536,30 @@ def run_from_layer(
         if tokens is None:
             raise
         return run_with_hooks(model, tokens, fwd_hooks)
+
+
+def check_pattern_edits_reach_output(model: Any) -> None:
+    """Raise :class:`UnsupportedModelError` when replacing ``hook_pattern`` does not change the
+    model's output: some bridges (e.g. transformer-lens 3.9's ``boot_native`` bridge) expose the
+    pattern for reading only, so an intervention there would silently do nothing.
+
+    Probe: 3 tokens, every layer's pattern replaced by all-attention-on-position-0; one
+    no-grad forward each way, hooks removed on exit."""
+    info = model_info(model)
+    tokens = torch.arange(3, device=model_device(model)).remainder(info.d_vocab)[None]
+
+    def first_only(pattern: Tensor, hook: Any) -> Tensor:
+        out = torch.zeros_like(pattern)
+        out[..., 0] = 1
+        return out
+
+    names = [pattern_name(b) for b in range(info.n_layers)]
+    with torch.no_grad():
+        plain = run_with_hooks(model, tokens, [])
+        edited = run_with_hooks(model, tokens, [(n, first_only) for n in names])
+    if torch.equal(plain, edited):
+        raise UnsupportedModelError(
+            f"model {info.name!r} ({type(model).__name__}, transformer-lens "
+            f"{tl_major_version()}.x): edits to hook_pattern do not reach its output, so an "
+            f"attention-pattern intervention would silently do nothing"
+        )

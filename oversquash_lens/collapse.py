@@ -158,9 +158,13 @@ class CollapseCurve:
         )  # fmt: skip
         if metric.startswith("rel"):
             for name in self.precisions:
-                fig.add_hline(
-                    y=resolution(name), line_dash="dot",
-                    annotation_text=f"{name} eps 2^{int(math.log2(resolution(name)))}",
+                eps = resolution(name)
+                fig.add_hline(y=eps, line_dash="dot", line_color="grey")
+                # Placed by hand: plotly puts add_hline's annotation at the linear value on a
+                # log axis (at 10**eps), which stacks every label at the top of the plot.
+                fig.add_annotation(
+                    x=1, xref="paper", xanchor="right", y=math.log10(eps), yref="y",
+                    yanchor="bottom", showarrow=False, text=f"{name} eps 2^{int(math.log2(eps))}",
                 )  # fmt: skip
         fig.update_layout(xaxis_title="n (items)", yaxis_title=metric)
         return fig

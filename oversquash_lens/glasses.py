@@ -98,7 +98,10 @@ def adaptive_temperature(
 ) -> Iterator[Any]:
     """Within the block every attention pattern of ``layers`` (default all) of ``model`` is
     replaced by its adaptive-temperature version; the hooks are removed on exit, also when
-    the block raises. Yields the model."""
+    the block raises. Yields the model.
+
+    Raises :class:`UnsupportedModelError` for a model whose ``hook_pattern`` edits do not reach
+    its output (checked with a 3-token probe), instead of silently changing nothing."""
     info = _model.model_info(model)
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
@@ -120,6 +123,7 @@ def adaptive_temperature(
     def hook(pattern: Tensor, hook: Any) -> Tensor:
         return adaptive_pattern(pattern, threshold=threshold, coefficients=coefficients)
 
+    _model.check_pattern_edits_reach_output(model)
     names = [_model.pattern_name(b % info.n_layers) for b in blocks]
     with model.hooks(fwd_hooks=[(n, hook) for n in names]):
         yield model

@@ -179,6 +179,9 @@ class HeadReport:
             f"eps={self.thresholds.eps}, clean loss {self.clean_loss:.4g}<br>{counts}"
         )
         flagged = self.flagged
+        if self.to_dataframe()["delta_loss_zero"].isna().all():  # ablation was skipped
+            flagged = flagged.drop(columns=["delta_loss_zero", "delta_loss_mean"])
+            title += "<br>ablation skipped (ablation=False)"
         return frame_html(title + ("" if len(flagged) else "<br>no flagged heads"), flagged)
 
     def plot(self, score: str | None = None) -> Any:

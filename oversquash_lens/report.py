@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from . import _model, viz
@@ -95,7 +96,8 @@ def build_report(
     max_len = max(n for n in config.lengths if n + 8 <= info.n_ctx)
     lengths = [n for n in config.lengths if n <= max_len]
 
-    items: list[Any] = [f"<h1>oversquash_lens report: {html.escape(info.name)}</h1>"]
+    title = "SmolLM2-135M-Instruct (embedded default model)" if embedded else info.name
+    items: list[Any] = [f"<h1>oversquash_lens report: {html.escape(title)}</h1>"]
     items.append(_model_card(model, info, embedded))
 
     # --- representational collapse (PAPER §2) ------------------------------------------
@@ -124,12 +126,12 @@ def build_report(
                 {
                     "task": task,
                     "precision": precision,
-                    "crossing length (last layer)": curve.crossing_length(precision),
+                    "crossing length (last layer)": _crossing_text(
+                        curve.crossing_length(precision), curve.lengths
+                    ),
                 }
             )
-    items.append(
-        frame_html("Crossing lengths (None = never collapsed in the grid)", pd.DataFrame(rows))
-    )
+    items.append(frame_html("Crossing lengths (rounded fp32 states)", pd.DataFrame(rows)))
     for task, curve in curves.items():
         fig = curve.plot()
         fig.update_layout(title=f"Collapse curve: {task}")
@@ -183,7 +185,9 @@ def build_report(
     if len(flagged):
         patterns = _model.attention_patterns(model, head_tokens)[0]
         chosen = flagged.head(config.max_attention_views)
-        attn = patterns[chosen["layer"].to_numpy(), chosen["head"].to_numpy()]
+        layers = torch.as_tensor(chosen["layer"].tolist(), dtype=torch.long)
+        heads = torch.as_tensor(chosen["head"].tolist(), dtype=torch.long)
+        attn = patterns[layers, heads]
         names = [f"L{r.layer}H{r.head} {r.label}" for r in chosen.itertuples()]
         items.append(
             viz.attention_heads(
@@ -220,3 +224,8 @@ def _model_card(model: Any, info: _model.ModelInfo, embedded: bool) -> str:
         facts.update({f"card: {k}": v for k, v in embedded_model_card().items()})
     frame = pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}})
     return _section("Model") + frame.to_html()
+
+
+def _crossing_text(length: int | None, lengths: Sequence[int]) -> str:
+    """A crossing length for display; ``None`` means no collapse anywhere in the grid."""
+    return f"n = {length}" if length is not None else f"none for n ≤ {max(lengths)}"

@@ -72,9 +72,8 @@ case "$cmd" in
     .venv/bin/ruff format --check .
     log "test suite (transformer-lens 4.x, TransformerBridge)"
     .venv/bin/python -m pytest -q "$@"
-    log "core suite (transformer-lens 3.9, HookedTransformer)"
-    .venv-tl3/bin/python -m pytest -q tests/test_capture.py tests/test_tl_versions.py \
-      tests/test_paths.py tests/test_rollout.py tests/test_accuracy.py "$@"
+    log "test suite again under transformer-lens 3.9 (HookedTransformer + its Bridge)"
+    .venv-tl3/bin/python -m pytest -q -m "not browser and not embedded" "$@"
     ;;
   *)
     echo "usage: bash scripts/dev.sh {setup|report|test} [extra args]" >&2

@@ -16,8 +16,11 @@ FLAGS = [
 ]
 
 
-def render(path: Path, screenshot: Path, *, wait_ms: int = 2000, width: int = 1200):
-    """Load ``path`` offline; return (console errors, external requests). Skips without chromium."""
+def render(
+    path: Path, screenshot: Path, *, wait_ms: int = 2000, width: int = 1200, evaluate: str = "null"
+):
+    """Load ``path`` offline; return (console errors, external requests, body text, the value of
+    the JavaScript expression ``evaluate`` in the page). Skips without chromium."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -42,6 +45,7 @@ def render(path: Path, screenshot: Path, *, wait_ms: int = 2000, width: int = 12
             page.wait_for_timeout(wait_ms)
             page.screenshot(path=str(screenshot), full_page=True)
             text = page.inner_text("body")
+            value = page.evaluate(evaluate)
         finally:
             browser.close()
-    return errors, external, text
+    return errors, external, text, value

@@ -309,3 +309,64 @@ def test_embedded_capture_residuals(embedded):
         logits = model(tokens)[0]
         rebuilt = hf.lm_head(hf.model.norm(res.states[0, -1]))
     torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.embedded
+def test_embedded_sensitivity_estimate_and_head_table(embedded):
+    """token_sensitivity (estimate) and classify_heads run on the real 30-layer GQA model."""
+    model = embedded.model
+    tokens = model.to_tokens("The quick brown fox jumps over the lazy dog.")
+    n = tokens.shape[1]
+    sens = osl.token_sensitivity(model, tokens, method="estimate", n_probes=4, progress=False)
+    assert sens.values.shape == (model.cfg.n_layers, n)
+    assert torch.isfinite(sens.values).all() and (sens.values > 0).all()
+    again = osl.token_sensitivity(model, tokens, method="estimate", n_probes=4, progress=False)
+    assert torch.equal(sens.values, again.values)  # same seed, same probes
+    report = osl.classify_heads(model, tokens, ablation=False, progress=False)
+    frame = report.to_dataframe()
+    assert len(frame) == model.cfg.n_layers * model.cfg.n_heads == 270
+    assert set(frame["label"]) <= set(osl.heads.LABELS)
+    assert int(report.counts().sum()) == 270
+    assert frame[["diag_mass", "prev_mass", "first_mass", "write_ratio"]].notna().all().all()
+
+
+# One attribute test per drawn component: plotly figures with their SVG, circuitsvis roots with
+# content, and the section headings.
+_DRAWN = """({
+  plots: document.querySelectorAll('.js-plotly-plot').length,
+  plots_drawn: document.querySelectorAll('.js-plotly-plot .main-svg').length,
+  circuitsvis: Array.from(document.querySelectorAll('[id^="circuits-vis-"]'))
+      .filter(e => e.children.length > 0).length,
+  width: document.documentElement.scrollWidth,
+})"""
+
+
+@pytest.mark.embedded
+@pytest.mark.browser
+def test_embedded_report_renders_offline_in_chromium(embedded, monkeypatch, tmp_path):
+    """The README's main job on the embedded model (short grid), opened with networking off."""
+    from oversquash_lens.report import ReportConfig, build_report
+
+    from .browser import render
+
+    monkeypatch.setenv(_embedded.CACHE_ENV, str(embedded.root))
+    config = ReportConfig(
+        lengths=(8, 16, 32),
+        precisions=("float32", "bfloat16"),
+        copy_prompt="What is the last digit in 3 1 4 1 5? Answer:",
+        text="The quick brown fox jumps over the lazy dog.",
+        n_probes=2,
+    )
+    path = build_report(None, tmp_path / "report.html", config=config, progress=False)
+    html_text = path.read_text()
+    assert html_text.count("CircuitsVis.render(") >= 2  # colored tokens + attention heads
+    errors, external, text, drawn = render(
+        path, tmp_path / "report.png", wait_ms=4000, evaluate=_DRAWN
+    )
+    assert errors == [] and external == []
+    for heading in ("Model", "Representational collapse", "Over-squashing", "Attention heads"):
+        assert heading in text
+    assert "SmolLM2-135M-Instruct" in text and "Crossing lengths" in text
+    assert drawn["plots"] >= 3 and drawn["plots_drawn"] >= drawn["plots"]
+    assert drawn["circuitsvis"] >= 2
+    assert drawn["width"] <= 1200 + 20  # wide tables scroll in their own box

@@ -53,6 +53,6 @@ def test_views_render_offline(tmp_path):
         px.line(x=list(range(n)), y=torch.rand(n).tolist(), title="plot"),
     ]
     path = viz.save_html(views, tmp_path / "views.html")
-    errors, external, text = render(path, tmp_path / "views.png")
+    errors, external, text, _ = render(path, tmp_path / "views.png")
     assert errors == [] and external == []
     assert "Head Selector" in text and "t1999" in text
