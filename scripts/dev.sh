@@ -72,6 +72,8 @@ case "$cmd" in
     .venv/bin/ruff format --check .
     log "test suite (transformer-lens 4.x, TransformerBridge)"
     .venv/bin/python -m pytest -q "$@"
+    log "tutorial notebooks (nbmake, quick mode)"
+    .venv/bin/python -m pytest -q -p no:cacheprovider --nbmake tutorials
     log "test suite again under transformer-lens 3.9 (HookedTransformer + its Bridge)"
     .venv-tl3/bin/python -m pytest -q -m "not browser and not embedded" "$@"
     ;;
