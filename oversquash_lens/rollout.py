@@ -252,25 +252,64 @@ def _target_rows(
 def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype) -> _Layer:
     """Sum layer ``j`` over heads into ``buf`` (in query blocks, so the head sum streams through
     cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
-    head mean (or each head), restricted to the queries and keys up to the target."""
+    head mean (or each head), restricted to the queries and keys up to the target. The
+    statistics the validation needs (row sums, minimum, maximum above the diagonal) are taken
+    block by block while each block of the head sum is still in cache."""
     src = pats[j, :, :m, :m]
     n_heads = src.shape[0]
+    sums, lows, highs = [], [], []
+
+    def take_stats(q0: int, rows: Tensor) -> None:  # rows: [group, query block, m]
+        sums.append(rows.sum(-1))
+        lows.append(rows.amin())
+        highs.extend(_upper_max(rows, q0))
+
     if buf is None:
         mats, scale = src.to(dtype), 1.0
+        take_stats(0, mats)
     else:
         per_row = n_heads * m * max(pats.element_size(), torch.finfo(dtype).bits // 8)
-        block = max(1, _BLOCK_BYTES // per_row)
-        for q0 in range(0, m, block):  # head sum; the mean's 1/head is folded into ``scale``
-            torch.sum(src[:, q0 : q0 + block].to(dtype), 0, out=buf[0, q0 : q0 + block])
+        size = max(1, _BLOCK_BYTES // per_row)
+        for q0 in range(0, m, size):  # head sum; the mean's 1/head is folded into ``scale``
+            q1 = min(m, q0 + size)
+            torch.sum(src[:, q0:q1].to(dtype), 0, out=buf[0, q0:q1])
+            take_stats(q0, buf[:, q0:q1])  # while the block is in cache
         mats, scale = buf, 1.0 / n_heads
-    row_sums = mats.sum(-1).mul_(scale)
-    _check_layer(mats, row_sums, j, max(1e-4, 4 * torch.finfo(pats.dtype).eps), scale=scale)
+    row_sums = torch.cat(sums, dim=-1).mul_(scale)
+    lowest, highest = torch.stack(lows).amin(), torch.stack(highs).amax()
+    tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
+    _check_layer(mats, row_sums, j, tol, scale=scale, lowest=lowest, highest=highest)
     return _Layer(j, mats, row_sums, scale)
 
 
-def _check_layer(mats: Tensor, sums: Tensor, layer: int, tol: float, *, scale: float) -> None:
+def _upper_max(rows: Tensor, q0: int) -> list[Tensor]:
+    """Largest entries above the diagonal of the query rows ``[q0, q0 + rows)`` (``rows``:
+    ``[group, q, m]``), as <= 8 rectangles right of their diagonal square plus the squares."""
+    out = []
+    q_end, m = q0 + rows.shape[-2], rows.shape[-1]
+    step = max(_TRIL_BLOCK, -(-(q_end - q0) // 8))
+    for a in range(q0, q_end, step):
+        b = min(q_end, a + step)
+        part = rows[:, a - q0 : b - q0]
+        out.append(torch.triu(part[..., a:b], 1).amax())
+        if b < m:
+            out.append(part[..., b:].amax())
+    return out
+
+
+def _check_layer(
+    mats: Tensor,
+    sums: Tensor,
+    layer: int,
+    tol: float,
+    *,
+    scale: float,
+    lowest: Tensor,
+    highest: Tensor,
+) -> None:
     """``scale · mats [group, query, key]`` (head mean, or each head): finite, rows summing to 1
-    (``sums``, already scaled), non-negative, nothing above the diagonal — in a few large ops."""
+    (``sums``, already scaled), non-negative (``lowest`` entry), nothing above the diagonal
+    (``highest`` entry there). The slow search for the offending position runs only on error."""
     where = partial(_where, layer, scale != 1.0)
     bad = ~torch.isfinite(sums) | ((sums - 1.0).abs() > tol)
     if bool(bad.any()):
@@ -284,22 +323,14 @@ def _check_layer(mats: Tensor, sums: Tensor, layer: int, tol: float, *, scale: f
             f"patterns are not row-stochastic: {where(g, q)} sums to {float(sums[g, q]):.6g} "
             f"(expected 1 ± {tol:.1g}); pass post-softmax attention"
         )
-    lowest = mats.amin()
     if float(lowest) * scale < -tol:
         g, q, k = (int(v) for v in (mats == lowest).nonzero()[0])
         raise InvalidPatternError(
             f"patterns contain a negative weight {float(lowest) * scale:.6g} at {where(g, q)}, "
             f"key {k}"
         )
-    m = mats.shape[-1]
-    step = max(_TRIL_BLOCK, -(-m // 8))  # upper triangle as <= 8 rectangles + diagonal squares
-    highest = []
-    for q0 in range(0, m, step):
-        q1 = min(m, q0 + step)
-        highest.append(torch.triu(mats[:, q0:q1, q0:q1], 1).amax())
-        if q1 < m:
-            highest.append(mats[:, q0:q1, q1:].amax())
-    if float(torch.stack(highest).max()) * scale > tol:
+    if float(highest) * scale > tol:
+        m = mats.shape[-1]
         q = torch.arange(m, device=mats.device)[:, None]
         k = torch.arange(m, device=mats.device)[None, :]
         g, qq, kk = (int(v) for v in ((mats * scale > tol) & (k > q)).nonzero()[0])

@@ -236,3 +236,28 @@ def test_bad_shapes_and_options(gpt2):
         attention_rollout(cache)
     with pytest.raises(InvalidTokensError, match="2 sequences"):
         attention_rollout_from_model(gpt2, toks)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 40 * 8 * 7])  # 1 query row, then 7 rows a block
+def test_blocked_head_sum_and_checks(monkeypatch, block_bytes):
+    """The head sum and its validation statistics are taken query block by query block (to
+    stay in cache); with many small blocks the results and every error location are the
+    same as the reference, wherever in the blocks the bad entry sits."""
+    p = _random_patterns(layers=2, heads=3, n=40, seed=5)
+    monkeypatch.setattr(rollout, "_BLOCK_BYTES", block_bytes)
+    torch.testing.assert_close(attention_rollout(p), _reference_rollout(p, -1), rtol=0, atol=1e-12)
+    for q, k in [(0, 1), (6, 7), (13, 39), (20, 21), (34, 38)]:  # square, rectangle, last block
+        bad = p.clone()
+        bad[1, 2, q, k] = 0.6
+        bad[1, 2, q, : q + 1] *= 0.4 / float(bad[1, 2, q, : q + 1].sum())
+        with pytest.raises(InvalidPatternError, match=rf"layer 1, .* query {q} puts .* key {k}"):
+            attention_rollout(bad)
+    bad = p.clone()
+    bad[0, 0, 33, 2] -= 1.0
+    bad[0, 0, 33, 3] += 1.0
+    with pytest.raises(InvalidPatternError, match=r"negative weight .* query 33, key 2"):
+        attention_rollout(bad)
+    bad = p.clone()
+    bad[0, 1, 27] *= 0.5
+    with pytest.raises(InvalidPatternError, match=r"query 27 sums to 0\.83"):
+        attention_rollout(bad)
