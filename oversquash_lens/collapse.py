@@ -166,7 +166,10 @@ class CollapseCurve:
                     x=1, xref="paper", xanchor="right", y=math.log10(eps), yref="y",
                     yanchor="bottom", showarrow=False, text=f"{name} eps 2^{int(math.log2(eps))}",
                 )  # fmt: skip
-        fig.update_layout(xaxis_title="n (items)", yaxis_title=metric)
+        fig.update_layout(
+            xaxis_title="n (items)", yaxis_title=metric,
+            legend_title_text="precision, mode (rounded/native), bit-identical",
+        )  # fmt: skip
         return fig
 
     def _repr_html_(self) -> str:
