@@ -24,8 +24,11 @@ from oversquash_lens.heads import (
     label_heads,
     pattern_scores,
 )
+from oversquash_lens.planted import PLANTED, nope_qk_model, planted_heads_model
 
 from .conftest import assert_unchanged, state_snapshot
+
+H = 10  # query heads per layer of planted_heads_model()
 
 TOKENS = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 9], [0, 6, 6, 6, 12, 13, 14, 15]])
 
@@ -37,64 +40,6 @@ def _snapshot(model):
     return state_snapshot(model)
 
 
-# --------------------------------------------------------------------------- planted models
-D, H, KV, DH = 80, 10, 5, 8  # Llama: 10 query heads, 5 K/V heads (pairs share a key head)
-SIZE = 20.0  # |q| = |k| of planted heads: logit gaps of ~30 nats
-PLANTED = {0: "diagonal-noop", 2: "bos-sink", 4: "previous-token", 6: "diagonal-eraser"}
-PLANTED |= {8: "diagonal"}
-
-
-def planted_llama():
-    """Layer 0 of a fresh tiny RoPE Llama with planted heads (the label in ``PLANTED``).
-
-    Every token embedding gets a constant feature (dim 0), a BOS indicator (dim 1: +1 at BOS,
-    −1 elsewhere) and equal norm, so after RMSNorm a query/key that reads dim 0 is the same
-    vector at every position. Planted queries/keys live in chosen rotary pairs (dims p, p+4);
-    the other query head sharing the K/V head (head + 1) has its query zeroed on those dims,
-    so it keeps its random, unplanted pattern.
-    """
-    model = testing.tiny_model("llama", d_model=D, n_layers=2, n_heads=H, n_kv_heads=KV, seed=1)
-    hf = model.original_model.model
-    attn = hf.layers[0].self_attn
-    q, k, o, v = (attn.q_proj.weight, attn.k_proj.weight, attn.o_proj.weight, attn.v_proj.weight)
-    theta = hf.rotary_emb.inv_freq  # 1, 0.1, 0.01, 0.001
-    unit = math.sqrt(D / 3)  # |normalised dim 0| = |normalised dim 1| for every token
-
-    def rows(head, dims):
-        return [head * DH + d for d in dims]
-
-    def plant(head, q_vec, k_vec, feature=0):
-        dims = (q_vec != 0).nonzero().flatten().tolist()
-        dims = sorted({d % (DH // 2) for d in dims} | {d % (DH // 2) + DH // 2 for d in dims})
-        q[rows(head, range(DH))] = 0
-        q[rows(head, range(DH)), 0] = q_vec / unit
-        k[rows(head // (H // KV), dims)] = 0
-        k[rows(head // (H // KV), dims), feature] = k_vec[dims] / unit
-        q[rows(head + 1, dims)] = 0
-
-    with torch.no_grad():
-        emb = hf.embed_tokens.weight
-        rest = torch.randn(emb.shape[0], D - 2, generator=torch.Generator().manual_seed(0))
-        emb[:, 2:] = rest / rest.norm(dim=1, keepdim=True)  # (the pad row was all zeros)
-        emb[:, 0], emb[:, 1], emb[0, 1] = 1.0, -1.0, 1.0
-        const = torch.zeros(DH)
-        const[[0, 1]] = SIZE  # q = k in the two fastest rotary pairs: only j = i scores max
-        plant(0, const, const)
-        o[:, 0:DH] = 0  # writes nothing
-        sink = torch.zeros(DH)
-        sink[3] = SIZE  # slowest pair (cos(0.001 t) ≈ 1); key = ±SIZE from the BOS indicator
-        plant(2, sink, sink, feature=1)
-        prev = torch.zeros(DH)
-        prev[[0, 1]] = SIZE * torch.cos(theta[[0, 1]])
-        prev[[4, 5]] = SIZE * torch.sin(theta[[0, 1]])
-        plant(4, const, prev)  # key pre-rotated by one position: j = i − 1 scores max
-        plant(6, const, const)
-        o[:, 6 * DH : 7 * DH] = -5.0 * v[3 * DH : 4 * DH].T  # W_O = −5 W_V^T: erases
-        plant(8, const, const)
-        o[:, 8 * DH : 9 * DH] = 5.0 * v[4 * DH : 5 * DH].T  # W_O = +5 W_V^T: copies
-    return model
-
-
 def _random_prompts(n_seq=3, n=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     body = torch.randint(4, 64, (n_seq, n - 1), generator=g)
@@ -103,7 +48,7 @@ def _random_prompts(n_seq=3, n=24, seed=0):
 
 @pytest.fixture(scope="module")
 def planted():
-    return planted_llama()
+    return planted_heads_model()
 
 
 def test_planted_heads_get_their_labels_and_no_other_head_does(planted):
@@ -140,29 +85,11 @@ def test_rope_diagonal_head_survives_repeated_tokens(planted):
     assert torch.isnan(report.delta_loss_zero).all() and torch.isnan(report.delta_loss_mean).all()
 
 
-def _nope_gpt2(edit):
-    """Tiny GPT-2 with its position embeddings zeroed (NoPE) and head 0 of layer 0 set to
-    q = k: ``"constant"`` (W_Q = W_K = 0, equal large biases) or ``"token"`` (W_K = W_Q, large)."""
-    model = testing.tiny_model("gpt2", seed=2)
-    hf = model.original_model.transformer
-    d = model.cfg.d_model
-    with torch.no_grad():
-        hf.wpe.weight.zero_()
-        w, b = hf.h[0].attn.c_attn.weight, hf.h[0].attn.c_attn.bias
-        if edit == "constant":
-            w[:, 0:8], w[:, d : d + 8] = 0, 0
-            b[0:8], b[d : d + 8] = 20.0, 20.0
-        else:
-            w[:, 0:8] *= 100
-            w[:, d : d + 8], b[d : d + 8] = w[:, 0:8], b[0:8]
-    return model
-
-
 def test_nope_cannot_make_a_diagonal_head():
     """Round and Round: without positions, q = k cannot single out the current token. Identical
     tokens have identical keys, so [bos, x, x] splits query 2 evenly between keys 1 and 2
     (α_22 = α_21 ≤ 1/2); a constant q = k gives exactly uniform rows α_ij = 1/(i+1)."""
-    token = _nope_gpt2("token")
+    token = nope_qk_model("token")
     pattern = _model.attention_patterns(token, torch.tensor([[0, 7, 7]]))[0, 0, 0]
     assert pattern[1, 1] > 0.99  # the same edit is diagonal where tokens differ ...
     assert pattern[2, 1] == pytest.approx(pattern[2, 2].item(), abs=1e-6)  # ... not on a repeat
@@ -172,7 +99,7 @@ def test_nope_cannot_make_a_diagonal_head():
     assert not report.labels[0][0].startswith("diagonal")
     assert not report.to_dataframe().loc[0, "is_diagonal"]
 
-    constant = _nope_gpt2("constant")
+    constant = nope_qk_model("constant")
     long = _random_prompts(2, 24)
     pattern = _model.attention_patterns(constant, long)[0, 0, 0]
     uniform = torch.tril(torch.ones(24, 24)) / torch.arange(1, 25)[:, None]
