@@ -154,9 +154,10 @@ def measure(
         copies = [copies_per_pass(info, g.shape[0], g.shape[1], batch_size) for g in groups]
         n_passes = sum(info.n_layers * -(-2 * info.n_heads // c) for c in copies)
         sums = torch.zeros(2, *shape, dtype=torch.float64)
+        resume = _model.resumes_exactly(model, groups[0], resid[0])
         with tqdm(total=n_passes, desc="ablating heads", disable=not progress, leave=False) as bar:
             for g, r, c in zip(groups, resid, copies):
-                ablation_pass(model, g, r, values, sums, copies=c, bar=bar)
+                ablation_pass(model, g, r, values, sums, copies=c, bar=bar, resume=resume)
         deltas = (sums - totals.loss) / n_seq
     ov_copying, ov_neg, folded = ov_scores(model, info.n_layers, fold_norm=fold_norm)
     grids = {name: stats[..., i].float() for i, name in enumerate(PATTERN_STATS)}
@@ -285,10 +286,12 @@ def ablation_pass(
     *,
     copies: int,
     bar: Any,
+    resume: bool = True,
 ) -> None:
     """Add, per (mode, layer, head), the sum over sequences of the loss after replacing the
     head's ``hook_z`` at positions ≥ 1 by ``values[mode, layer, head]`` to ``deltas``. Each
-    forward pass starts at one layer and runs ``copies`` replicated batches, one head each."""
+    forward pass starts at one layer (at the embedding when not ``resume``: see
+    :func:`_model.resumes_exactly`) and runs ``copies`` replicated batches, one head each."""
     b, n = tokens.shape
     n_modes, n_layers, n_heads, _ = values.shape
     for block in range(n_layers):
@@ -303,7 +306,7 @@ def ablation_pass(
             logits = _model.run_from_layer(
                 model,
                 resid[block].repeat(k, 1, 1),
-                block,
+                block if resume else 0,
                 [(_model.z_name(block), hook)],
                 tokens=tokens.repeat(k, 1),
             )

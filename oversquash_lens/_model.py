@@ -143,6 +143,21 @@ def model_info(model: Any) -> ModelInfo:
     )
 
 
+def require_attention(model: Any, info: ModelInfo | None = None) -> ModelInfo:
+    """:func:`model_info`, and raise :class:`UnsupportedModelError` when the model exposes no
+    attention patterns (e.g. a Mamba bridge: no ``blocks.{l}.attn.hook_pattern``)."""
+    info = info or model_info(model)
+    hook_dict = getattr(model, "hook_dict", None)
+    names = [pattern_name(b) for b in range(info.n_layers)]
+    if isinstance(hook_dict, dict) and any(n not in hook_dict for n in names):
+        missing = next(n for n in names if n not in hook_dict)
+        raise UnsupportedModelError(
+            f"model {info.name!r} ({type(model).__name__}) has no attention hook {missing!r}; "
+            "attention-based analyses need a transformer with softmax attention in every block"
+        )
+    return info
+
+
 def _short(x: Any, limit: int = 60) -> str:
     text = repr(x)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -190,6 +205,8 @@ _DTYPES = {
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     """Map a dtype or its name (``"bfloat16"``, ``"bf16"``...) to a torch dtype."""
+    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+        raise InvalidArgumentError(f"dtype={dtype!r} is not a floating-point dtype")
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
@@ -218,7 +235,10 @@ def prepare_tokens(
             )
         if isinstance(tokens, str) and not tokens:
             raise InvalidTokensError(f"{name}='' is empty")
-        tokens = model.to_tokens(tokens)
+        try:  # never let to_tokens cut text at n_ctx silently: too long must raise below
+            tokens = model.to_tokens(tokens, truncate=False)
+        except TypeError:  # a duck-typed model whose to_tokens has no ``truncate``
+            tokens = model.to_tokens(tokens)
     if not isinstance(tokens, Tensor):
         try:
             tokens = torch.tensor(tokens)
@@ -270,7 +290,10 @@ def resolve_positions(
     if positions is None:
         return torch.arange(n)
     if isinstance(positions, slice):
-        idx = torch.arange(n)[positions]
+        try:
+            idx = torch.arange(n)[positions]
+        except (ValueError, TypeError) as exc:  # e.g. a negative step
+            raise InvalidArgumentError(f"positions={positions!r}: {exc}") from None
         if idx.numel() == 0:
             raise InvalidArgumentError(f"positions={positions!r} selects nothing of {n} positions")
         return idx
@@ -381,7 +404,7 @@ def attention_patterns(
     model: Any, tokens: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch layer head_index query_pos key_pos"]:
     """Post-softmax attention of every layer and head, for each sequence in the batch."""
-    info = model_info(model)
+    info = require_attention(model)
     names = [pattern_name(b) for b in range(info.n_layers)]
     store = capture(model, tokens, names)
     return torch.stack([store[n] for n in names], dim=1)
@@ -538,6 +561,26 @@ def run_from_layer(
         return run_with_hooks(model, tokens, fwd_hooks)
 
 
+def resumes_exactly(model: Any, tokens: Int[Tensor, "batch pos"], resid: Sequence[Tensor]) -> bool:
+    """Whether ``model(resid[b], start_at_layer=b)`` reproduces the logits of a full forward
+    pass over ``tokens`` (checked at block 1 and at the last block; ``resid[b]`` is the
+    residual entering block ``b``). Not every bridge does: transformer-lens 4.3's Bloom bridge
+    loses its ALiBi bias when it starts mid-model. Callers then run the whole model instead."""
+    blocks = sorted({1, len(resid) - 1} - {0})
+    if not blocks:
+        return True
+    full = run_with_hooks(model, tokens, [])
+    tol = 1e-4 * max(1.0, float(full.abs().max()))
+    for block in blocks:
+        try:
+            part = run_from_layer(model, resid[block], block, [])
+        except NotImplementedError:  # TL 3.9's bridge: run_from_layer falls back to full runs
+            return False
+        if part.shape != full.shape or float((part - full).abs().max()) > tol:
+            return False
+    return True
+
+
 def check_pattern_edits_reach_output(model: Any) -> None:
     """Raise :class:`UnsupportedModelError` when replacing ``hook_pattern`` does not change the
     model's output: some bridges (e.g. transformer-lens 3.9's ``boot_native`` bridge) expose the
@@ -545,7 +588,7 @@ def check_pattern_edits_reach_output(model: Any) -> None:
 
     Probe: 3 tokens, every layer's pattern replaced by all-attention-on-position-0; one
     no-grad forward each way, hooks removed on exit."""
-    info = model_info(model)
+    info = require_attention(model)
     tokens = torch.arange(3, device=model_device(model)).remainder(info.d_vocab)[None]
 
     def first_only(pattern: Tensor, hook: Any) -> Tensor:

@@ -102,7 +102,7 @@ def adaptive_temperature(
 
     Raises :class:`UnsupportedModelError` for a model whose ``hook_pattern`` edits do not reach
     its output (checked with a 3-token probe), instead of silently changing nothing."""
-    info = _model.model_info(model)
+    info = _model.require_attention(model)
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
     if layers is not None and not isinstance(layers, Iterable):

@@ -352,7 +352,7 @@ def classify_heads(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
-    info = _model.model_info(model)
+    info = _model.require_attention(model)
     groups = hs.token_groups(model, tokens, info)
     grids, facts = hs.measure(
         model,

@@ -32,6 +32,13 @@ def load_model(
     """
     TransformerBridge = _model.bridge_class()
     torch_dtype = _model.resolve_dtype(dtype) or torch.float32
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InvalidArgumentError(
+                f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
+            ) from None
     if name_or_path is None:
         from ._embedded import embedded_model_folder
 

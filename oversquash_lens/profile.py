@@ -153,7 +153,7 @@ def oversquash_profile(
             the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
         layer: the depth shown by default (1..n_layers, -1 = the last).
     """
-    info = _model.model_info(model)
+    info = _model.require_attention(model)
     toks = _model.single_sequence(model, tokens, info)
     n_layers = info.n_layers
     depth = _depth(layer, n_layers)

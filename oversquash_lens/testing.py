@@ -13,6 +13,7 @@ import torch
 
 __all__ = [
     "ARCHITECTURES",
+    "EXTRA_ARCHITECTURES",
     "tiny_model",
     "tiny_native_model",
     "tiny_hooked_model",
@@ -21,6 +22,8 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("gpt2", "neox", "llama", "gemma")
+#: Also buildable, not in the default test matrix: Bloom (ALiBi, no position embeddings).
+EXTRA_ARCHITECTURES = ("bloom",)
 
 _WORDS = (
     "0 1 2 3 4 5 6 7 8 9 , . ? : the a cat sat on mat what is last first digit item in this "
@@ -106,8 +109,11 @@ def _hf_model(
             **common,
         )
         cls = tf.GemmaForCausalLM
+    elif arch == "bloom":
+        cfg = tf.BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **common)
+        cls = tf.BloomForCausalLM
     else:
-        raise ValueError(f"arch={arch!r} is not one of {ARCHITECTURES}")
+        raise ValueError(f"arch={arch!r} is not one of {ARCHITECTURES + EXTRA_ARCHITECTURES}")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cls(cfg)

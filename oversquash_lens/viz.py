@@ -145,6 +145,8 @@ def attention_heads(
 
 
 def _check_len(tokens: Sequence[Any], values: Sequence[Any], *, name: str = "values") -> None:
+    if len(tokens) == 0:
+        raise InvalidArgumentError("tokens=[] is empty: nothing to draw")
     if len(tokens) != len(values):
         raise InvalidArgumentError(f"{len(tokens)} tokens but {len(values)} {name}")
 

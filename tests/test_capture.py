@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oversquash_lens import OversquashError, _model, capture_residuals
+from oversquash_lens import InvalidTokensError, OversquashError, _model, capture_residuals
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -97,3 +97,22 @@ def test_bad_options(llama):
 def test_text_input(llama):
     s = capture_residuals(llama, "the cat sat on the mat", positions=-1)
     assert s.tokens.shape[1] == 7  # BOS + 6 words
+
+
+def test_text_longer_than_n_ctx_raises_instead_of_truncating(llama):
+    """TransformerLens' to_tokens truncates text at n_ctx by default, which would silently
+    change the target token; every entry point must refuse it instead."""
+    from oversquash_lens import attention_rollout_from_model, token_sensitivity
+
+    n_ctx = llama.cfg.n_ctx
+    text = " ".join(["cat"] * n_ctx)  # BOS + n_ctx words
+    for call in (
+        lambda: capture_residuals(llama, text, positions=-1),
+        lambda: capture_residuals(llama, [text, "the cat"], positions=-1),
+        lambda: token_sensitivity(llama, text, method="estimate", n_probes=1),
+        lambda: attention_rollout_from_model(llama, text),
+    ):
+        with pytest.raises(InvalidTokensError, match=rf"{n_ctx + 1} positions, .*n_ctx={n_ctx}"):
+            call()
+    fits = capture_residuals(llama, " ".join(["cat"] * (n_ctx - 1)), positions=-1)
+    assert fits.tokens.shape[1] == n_ctx

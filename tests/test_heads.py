@@ -184,6 +184,21 @@ def test_ablation_matches_one_head_at_a_time(arch_model):
     """Batched ablations (replicated batch, start at the head's layer; chunks of 2 copies of a
     2-sequence batch and of 4 copies of a 1-sequence batch) equal full forward passes that
     ablate one head at a time, on prompts of two lengths (mean over both)."""
+    _check_ablation(arch_model)
+
+
+def test_ablation_on_bloom_where_start_at_layer_is_not_exact():
+    """transformer-lens 4.3's Bloom bridge loses its ALiBi bias when a forward pass starts
+    mid-model; classify_heads must detect that and still match full one-head ablations."""
+    bloom = testing.tiny_model("bloom", d_model=32, n_layers=3, n_heads=4, seed=0)
+    with torch.no_grad():  # larger weights, so attention (and ALiBi) matter for the loss
+        for p in bloom.original_model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    _check_ablation(bloom)
+
+
+def _check_ablation(arch_model):
     seqs = [TOKENS[0], TOKENS[1], TOKENS[0, :5]]
     report = classify_heads(arch_model, seqs, batch_size=4, progress=False)
     info = _model.model_info(arch_model)

@@ -210,6 +210,15 @@ CATALOGUE = [
     Case("viz length mismatch", lambda: viz.colored_tokens(["a", "b"], [1.0]), Arg, "1 values"),
     Case("load_model of a missing folder", lambda: osl.load_model("/nonexistent/osl"),
          errors.ModelLoadError, "'/nonexistent/osl'"),
+    Case("load_model unknown device", lambda: osl.load_model("/nonexistent/osl", device="tpu"),
+         Arg, "'tpu'"),
+    Case("viz no tokens", lambda: viz.colored_tokens([], []), Arg, "tokens=[]"),
+    Case("capture reversed slice", lambda: osl.capture_residuals(
+        gpt2(), TOKENS, positions=slice(None, None, -1)), Arg, "slice(None, None, -1)"),
+    Case("capture integer dtype",
+         lambda: osl.capture_residuals(gpt2(), TOKENS, dtype=torch.int64), Arg, "torch.int64"),
+    Case("text longer than n_ctx", lambda: osl.capture_residuals(
+        gpt2(), " ".join(["cat"] * gpt2().cfg.n_ctx)), Tok, "n_ctx="),
     # models
     Case("BERT (bidirectional) model", lambda: osl.capture_residuals(_bert(), [5, 6, 7]),
          Mod, "'bidirectional'"),

@@ -261,3 +261,39 @@ def test_blocked_head_sum_and_checks(monkeypatch, block_bytes):
     bad[0, 1, 27] *= 0.5
     with pytest.raises(InvalidPatternError, match=r"query 27 sums to 0\.83"):
         attention_rollout(bad)
+
+
+def test_model_without_attention_is_refused(tmp_path):
+    """A state-space model (Mamba) booted as a bridge has no hook_pattern: attention-based
+    analyses raise UnsupportedModelError naming the missing hook, not a KeyError."""
+    import transformers
+
+    from oversquash_lens import (
+        UnsupportedModelError,
+        adaptive_temperature,
+        classify_heads,
+        oversquash_profile,
+        testing,
+    )
+
+    bridge = _model.bridge_class()
+    tok = testing.tiny_tokenizer()
+    cfg = transformers.MambaConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, state_size=4, bos_token_id=0
+    )
+    transformers.MambaForCausalLM(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    try:
+        mamba = bridge.boot_transformers(str(tmp_path))
+    except Exception as exc:  # noqa: BLE001 - the installed transformer-lens cannot boot Mamba
+        pytest.skip(f"this transformer-lens cannot boot a Mamba bridge: {exc}")
+    toks = torch.tensor([[0, 5, 6, 7]])
+    calls = [
+        lambda: attention_rollout_from_model(mamba, toks),
+        lambda: classify_heads(mamba, toks, progress=False),
+        lambda: oversquash_profile(mamba, toks),
+        lambda: adaptive_temperature(mamba).__enter__(),
+    ]
+    for call in calls:
+        with pytest.raises(UnsupportedModelError, match=r"no attention hook 'blocks\.0\.attn"):
+            call()
