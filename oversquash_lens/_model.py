@@ -10,7 +10,7 @@ Supported model objects (duck-typed on the HookedRootModule API):
 """
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ._inputs import resolve_dtype as resolve_dtype
+from ._inputs import resolve_index as resolve_index
+from ._inputs import resolve_positions as resolve_positions
+from ._state import cast_temporarily as cast_temporarily
+from ._state import count_hooks as count_hooks
+from ._state import preserved as preserved
+from ._state import release_graphs as release_graphs
 from .errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 
 # --------------------------------------------------------------------------- hook names
@@ -190,32 +197,6 @@ def w_v(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
     return wv
 
 
-# --------------------------------------------------------------------------- dtypes
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """Map a dtype or its name (``"bfloat16"``, ``"bf16"``...) to a torch dtype."""
-    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
-        raise InvalidArgumentError(f"dtype={dtype!r} is not a floating-point dtype")
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise InvalidArgumentError(
-        f"dtype={dtype!r} is not one of {sorted(set(_DTYPES))} or a torch.dtype"
-    )
-
-
 # --------------------------------------------------------------------------- inputs
 def prepare_tokens(
     model: Any, tokens: Any, info: ModelInfo | None = None, *, name: str = "tokens"
@@ -271,79 +252,7 @@ def prepare_tokens(
     return tokens.to(device=model_device(model), dtype=torch.long)
 
 
-def resolve_index(index: int, n: int, *, name: str = "target") -> int:
-    """Normalise a (possibly negative) position index into ``0..n-1`` or raise."""
-    if isinstance(index, bool) or not isinstance(index, (int, torch.SymInt)):
-        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
-            index = int(index)
-        else:
-            raise InvalidArgumentError(f"{name}={index!r} must be an int position")
-    if not -n <= index < n:
-        raise InvalidArgumentError(f"{name}={index} is out of range for {n} positions")
-    return index % n
-
-
-def resolve_positions(
-    positions: int | Sequence[int] | slice | Tensor | None, n: int
-) -> Int[Tensor, " kept"]:
-    """Positions to keep (int, list, slice, 1-D tensor; negatives allowed), in given order."""
-    if positions is None:
-        return torch.arange(n)
-    if isinstance(positions, slice):
-        try:
-            idx = torch.arange(n)[positions]
-        except (ValueError, TypeError) as exc:  # e.g. a negative step
-            raise InvalidArgumentError(f"positions={positions!r}: {exc}") from None
-        if idx.numel() == 0:
-            raise InvalidArgumentError(f"positions={positions!r} selects nothing of {n} positions")
-        return idx
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        return torch.tensor([resolve_index(positions, n, name="positions")])
-    if isinstance(positions, Tensor):
-        positions = positions.flatten().tolist()
-    try:
-        items = list(positions)
-    except TypeError:
-        msg = f"positions={positions!r} is not an int, list or slice"
-        raise InvalidArgumentError(msg) from None
-    if not items:
-        raise InvalidArgumentError("positions=[] selects nothing")
-    return torch.tensor([resolve_index(p, n, name="positions") for p in items])
-
-
-# --------------------------------------------------------------------------- guards
-def count_hooks(model: torch.nn.Module) -> int:
-    """Total number of PyTorch hooks registered on any submodule (used to prove no leaks)."""
-    total = 0
-    for m in model.modules():
-        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
-        total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
-    return total
-
-
-@contextlib.contextmanager
-def preserved(
-    model: torch.nn.Module, *, eval_mode: bool = True, freeze: bool = False
-) -> Iterator[None]:
-    """Run a block with the model in eval mode (and parameters frozen if ``freeze``), then
-    restore every module's train/eval flag and every parameter's ``requires_grad``, also when
-    the block raises."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        if freeze:
-            for p, _ in grads:
-                p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
-
+# --------------------------------------------------------------------------- runs
 Hook = tuple[str, Callable[..., Any]]
 
 
@@ -461,39 +370,7 @@ def cache_pattern_batch(cache: Any) -> int:
     return 1
 
 
-# --------------------------------------------------------------------------- dtype runs, text
-@contextlib.contextmanager
-def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Run a block with every floating parameter and buffer of ``model`` held in ``dtype``
-    (what ``model.to(dtype)`` does), then put the *original tensors* back, also on exceptions.
-
-    Used instead of ``copy.deepcopy(model).to(dtype)``: a deep copy of a TL 4 bridge shares
-    the bridge's capture-hook closures with the original (the copy's forward writes into the
-    original's attention modules). Restoring the saved tensors is bitwise exact.
-    """
-    saved: list[tuple[Tensor, Tensor]] = []
-    seen: set[int] = set()
-    # TransformerLens components cast to ``cfg.dtype`` inside forward (e.g. RMSNorm's output in
-    # TL 3.x), so ``model.to(dtype)`` also updates the config: do the same, and restore it.
-    cfg = getattr(model, "cfg", None)
-    cfg_dtype = getattr(cfg, "dtype", None)
-    try:
-        if isinstance(cfg_dtype, torch.dtype):
-            cfg.dtype = dtype
-        for t in [*model.parameters(), *model.buffers()]:
-            if id(t) in seen or not t.is_floating_point() or t.dtype == dtype:
-                continue
-            seen.add(id(t))
-            saved.append((t, t.data))
-            t.data = t.data.to(dtype)
-        yield
-    finally:
-        for t, data in saved:
-            t.data = data
-        if isinstance(cfg_dtype, torch.dtype):
-            cfg.dtype = cfg_dtype
-
-
+# --------------------------------------------------------------------------- text
 def text_tokenizer(model: Any) -> Any | None:
     """The model's Hugging Face tokenizer, or None (e.g. ``boot_native`` models)."""
     return getattr(model, "tokenizer", None) if model is not None else None
@@ -509,18 +386,6 @@ def centres_before_norm(model: Any) -> bool:
     divisor a norm applies is then the std (LayerNorm) or the RMS (RMSNorm) of the residual."""
     kind = str(getattr(model.cfg, "normalization_type", "LN") or "LN")
     return not kind.upper().startswith("RMS")
-
-
-def release_graphs(model: torch.nn.Module) -> None:
-    """Detach tensors that a grad-enabled forward pass left on modules (TL 4 bridges keep the
-    last attention pattern as ``attn._pattern``), so no autograd graph outlives the call that
-    built it (it would pin the activations and make ``copy.deepcopy(model)`` fail)."""
-    for module in model.modules():
-        stale = [
-            k for k, v in vars(module).items() if isinstance(v, Tensor) and v.grad_fn is not None
-        ]
-        for key in stale:
-            module.__dict__[key] = module.__dict__[key].detach()
 
 
 # --------------------------------------------------------------------------- heads
