@@ -1,7 +1,9 @@
 """Validation of plain arguments shared by every module: dtype names, position indices and
 position selections (bad values raise InvalidArgumentError naming them)."""
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -9,7 +11,7 @@ from torch import Tensor
 
 from .errors import InvalidArgumentError
 
-__all__ = ["resolve_dtype", "resolve_index", "resolve_positions"]
+__all__ = ["resolve_dtype", "resolve_index", "resolve_positions", "int_list"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -74,3 +76,31 @@ def resolve_positions(
     if not items:
         raise InvalidArgumentError("positions=[] selects nothing")
     return torch.tensor([resolve_index(p, n, name="positions") for p in items])
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> list[int]:
+    """An int or an iterable of ints — Python, numpy or tensor integers, e.g. a numpy log
+    grid — as a list of Python ints (each ``>= minimum`` unless it is None). Bools, floats,
+    strings and empty lists raise InvalidArgumentError naming the value."""
+    if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        values = values.tolist()  # tensors, numpy arrays and numpy scalars
+    if _is_int(values):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidArgumentError(f"{name}={values!r} must be an int or a list of ints")
+    out = list(values)
+    if not out:
+        raise InvalidArgumentError(f"{name}=[] is empty; give at least one length")
+    for n in out:
+        if not _is_int(n) or (minimum is not None and n < minimum):
+            need = (
+                "ints"
+                if minimum is None
+                else ("positive ints" if minimum == 1 else f"ints >= {minimum}")
+            )
+            raise InvalidArgumentError(f"{name} contains {n!r}; {name} must be {need}")
+    return [int(n) for n in out]

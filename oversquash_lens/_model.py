@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ._inputs import int_list as int_list
 from ._inputs import resolve_dtype as resolve_dtype
 from ._inputs import resolve_index as resolve_index
 from ._inputs import resolve_positions as resolve_positions

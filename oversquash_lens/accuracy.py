@@ -13,7 +13,7 @@ counts or digits), so ``" 12"``, ``"12."`` and ``"12\\n"`` all read as 12.
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import pandas as pd
 import torch
@@ -102,7 +102,7 @@ def _greedy(model: Any, toks: torch.Tensor, steps: int) -> torch.Tensor:
 def task_accuracy(
     model: Any,
     task: str,
-    lengths: int | Sequence[int],
+    lengths: int | Iterable[SupportsIndex],
     *,
     remedies: Sequence[str] = REMEDIES,
     n_samples: int = 8,
@@ -136,17 +136,7 @@ def task_accuracy(
         raise UnsupportedModelError(
             f"model {info.name!r} has no tokenizer; task_accuracy compares decoded text answers"
         )
-    if isinstance(lengths, int) and not isinstance(lengths, bool):
-        lengths = [lengths]
-    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
-        raise InvalidArgumentError(f"lengths={lengths!r} must be an int or a list of ints")
-    lengths = list(lengths)
-    for n in lengths:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise InvalidArgumentError(f"lengths contains {n!r}; lengths must be ints")
-    ns = sorted(set(lengths))
-    if not ns:
-        raise InvalidArgumentError("lengths=[] is empty; give at least one length")
+    ns = sorted(set(_model.int_list(lengths, name="lengths", minimum=None)))
     checks = (("n_samples", n_samples, 1), ("batch_size", batch_size, 1))
     for name, value, low in (*checks, ("extra_tokens", extra_tokens, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -163,6 +153,10 @@ def task_accuracy(
     usable = applicable_remedies(task)
     chosen = [r for r in dict.fromkeys(remedies) if r in usable]
     skipped = tuple(r for r in dict.fromkeys(remedies) if r not in usable)
+    if not chosen:
+        raise InvalidArgumentError(
+            f"remedies={list(remedies)!r}: none applies to task {task!r} (applicable: {usable})"
+        )
     samples = n_samples if task in RANDOM_TASKS else 1
 
     prompts = []

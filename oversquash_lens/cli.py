@@ -5,6 +5,7 @@ SmolLM2-135M-Instruct). Table subcommands print a table, or JSON with ``--json``
 """
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,9 +19,17 @@ def _load(args: argparse.Namespace) -> Any:
     return load_model(args.model, dtype=args.dtype)
 
 
+def _json_scalar(value: Any) -> Any:
+    """numpy scalars (np.int64, np.bool_) as Python ones; anything else as its string."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def _emit(frame: Any, args: argparse.Namespace) -> None:
     if args.json:
-        print(frame.to_json(orient="records", indent=1))
+        # Not DataFrame.to_json: it keeps 10 decimals, so a collapse gap of 3e-11 would print
+        # as 0.0. Python's float repr round-trips every value; NaN becomes null.
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        print(json.dumps(records, indent=1, default=_json_scalar))
     else:
         import pandas as pd
 

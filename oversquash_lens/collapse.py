@@ -30,7 +30,7 @@ right-padded to its partner's length so both are computed in the same forward pa
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex
 
 import pandas as pd
 import torch
@@ -190,17 +190,7 @@ class CollapseCurve:
 
 
 def _lengths(lengths: Any) -> list[int]:
-    if isinstance(lengths, int) and not isinstance(lengths, bool):
-        lengths = [lengths]
-    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
-        raise InvalidArgumentError(f"lengths={lengths!r} must be an int or a list of ints")
-    out = list(lengths.tolist() if isinstance(lengths, Tensor) else lengths)
-    if not out:
-        raise InvalidArgumentError("lengths=[] is empty; give at least one length")
-    for n in out:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InvalidArgumentError(f"lengths contains {n!r}; lengths must be positive ints")
-    return sorted(set(out))
+    return sorted(set(_model.int_list(lengths, name="lengths")))
 
 
 def _plan(pairs: Sequence[Pair], share_prefix: bool) -> list[tuple[list[int], list[tuple]]]:
@@ -266,7 +256,7 @@ def _metrics(a: Tensor, b: Tensor) -> dict[str, Tensor]:
 
 def collapse_curve(
     model: Any,
-    lengths: int | Sequence[int],
+    lengths: int | Iterable[SupportsIndex],
     *,
     task: str = "repeat",
     precisions: str | Sequence[str] = ("float32", "bfloat16", "float16"),

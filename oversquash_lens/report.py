@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import _model, viz
 from ._display import frame_html
+from .errors import InvalidArgumentError
 
 __all__ = ["ReportConfig", "build_report", "DEFAULT_TEXT", "DEFAULT_COPY_PROMPT"]
 
@@ -33,11 +34,17 @@ DEFAULT_COPY_PROMPT = (
 )
 
 
+DEFAULT_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
+_COLLAPSE_TASKS = ("repeat", "repeat-sep")
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """What the report measures; defaults keep the embedded model's report to a few minutes."""
 
-    lengths: Sequence[int] = (8, 16, 32, 64, 128, 256, 512)
+    #: n for the collapse sections; the default grid is cut to what fits the model's n_ctx,
+    #: lengths you choose are used as given (one that does not fit raises InvalidTokensError).
+    lengths: Sequence[int] = DEFAULT_LENGTHS
     precisions: Sequence[str] = ("float32", "bfloat16", "float16")
     copy_prompt: str = DEFAULT_COPY_PROMPT
     text: str = DEFAULT_TEXT
@@ -93,8 +100,9 @@ def build_report(
     else:
         bar.update(1)
     info = _model.model_info(model)
-    max_len = max(n for n in config.lengths if n + 8 <= info.n_ctx)
-    lengths = [n for n in config.lengths if n <= max_len]
+    lengths = list(config.lengths)
+    if tuple(lengths) == DEFAULT_LENGTHS:
+        lengths = _fitting_lengths(model, lengths, info.n_ctx)
 
     title = "SmolLM2-135M-Instruct (embedded default model)" if embedded else info.name
     items: list[Any] = [f"<h1>oversquash_lens report: {html.escape(title)}</h1>"]
@@ -102,7 +110,7 @@ def build_report(
 
     # --- representational collapse (PAPER §2) ------------------------------------------
     curves = {}
-    for task in ("repeat", "repeat-sep"):
+    for task in _COLLAPSE_TASKS:
         curves[task] = _timed(
             config,
             f"collapse {task}",
@@ -116,7 +124,8 @@ def build_report(
             "Representational collapse",
             "Gap between the last-token residuals of a sequence of n ones and the same "
             "sequence with one more one (PAPER §2, Thm 4.2), per precision. "
-            "'repeat-sep' puts a comma every 3rd item (the paper's 'glasses').",
+            "'repeat-sep' puts a comma every 3rd item (the paper's 'glasses')."
+            + _skipped_text(config.lengths, lengths, info.n_ctx),
         )
     )
     rows = []
@@ -224,6 +233,29 @@ def _model_card(model: Any, info: _model.ModelInfo, embedded: bool) -> str:
         facts.update({f"card: {k}": v for k, v in embedded_model_card().items()})
     frame = pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}})
     return _section("Model") + frame.to_html()
+
+
+def _fitting_lengths(model: Any, lengths: Sequence[int], n_ctx: int) -> list[int]:
+    """The lengths whose prompt pairs (every collapse task of the report) fit in ``n_ctx``."""
+    from .tasks import task_pair
+
+    def fits(n: int) -> bool:
+        pairs = [task_pair(model, task, n) for task in _COLLAPSE_TASKS]
+        return all(max(len(p.base), len(p.extended)) <= n_ctx for p in pairs)
+
+    kept = [n for n in lengths if fits(n)]
+    if not kept:
+        raise InvalidArgumentError(
+            f"none of the report's lengths {list(lengths)} fits the model's n_ctx={n_ctx}"
+        )
+    return kept
+
+
+def _skipped_text(asked: Sequence[int], used: Sequence[int], n_ctx: int) -> str:
+    skipped = [n for n in asked if n not in used]
+    if not skipped:
+        return ""
+    return f" Lengths {skipped} are skipped: their prompts do not fit the model's n_ctx={n_ctx}."
 
 
 def _crossing_text(length: int | None, lengths: Sequence[int]) -> str:

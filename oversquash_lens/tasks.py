@@ -251,11 +251,12 @@ def counting_prompt(
     """Counting prompts of n items (PAPER.md §6): ``kind="ones"`` (all ones), ``"bernoulli"``
     (0/1 digits, P(1) = p, seeded), ``"word"`` (count ``word`` among n words drawn from a
     small list) or ``"sum"`` (``1 + 1 + … =``). ``remedy`` is one of :data:`REMEDIES`
-    except ``"repeat-final"`` (it would change the count) and, for sums, ``"interleave"``."""
+    except ``"repeat-final"`` (it would change the count) and, for sums, ``"interleave"`` and
+    ``"separators"`` (either would sit between an item and its "+")."""
     n = _check_n(n)
     if kind not in ("ones", "bernoulli", "word", "sum"):
         raise InvalidArgumentError(f"kind={kind!r} must be 'ones', 'bernoulli', 'word' or 'sum'")
-    if remedy == "repeat-final" or (kind == "sum" and remedy == "interleave"):
+    if remedy == "repeat-final" or (kind == "sum" and remedy in _BREAK_SUMS):
         raise InvalidArgumentError(
             f"remedy={remedy!r} does not apply to counting task {kind!r} "
             f"(it would change the answer or the '+' between items)"
@@ -354,15 +355,20 @@ def prompt_tasks() -> tuple[str, ...]:
     return tuple(_PROMPTS)
 
 
+#: Remedies that would break ``1 + 1 + … =``: a filler or a separator between an item and
+#: its "+" ("1 + 1 + 1, + 1 …" is not a sum).
+_BREAK_SUMS = ("interleave", "separators")
+
+
 def applicable_remedies(task: str) -> tuple[str, ...]:
-    """Remedies that keep the answer of prompt ``task`` unchanged (``repeat-final`` only
-    for ``copy-last``)."""
+    """Remedies that keep the answer of prompt ``task`` unchanged and the prompt well formed
+    (``repeat-final`` only for ``copy-last``; no filler or separator inside a sum)."""
     _lookup(_PROMPTS, task)
     return tuple(
         r
         for r in REMEDIES
         if (r != "repeat-final" or task == "copy-last")
-        and (r != "interleave" or task != "sum-ones")
+        and (r not in _BREAK_SUMS or task != "sum-ones")
     )
 
 

@@ -84,6 +84,8 @@ def test_errors(llama):
         task_accuracy(llama, "count-ones", [3], adaptive_temperature=True, intervention=[])
     with pytest.raises(OversquashError, match="no tokenizer"):
         task_accuracy(testing.tiny_native_model(), "count-ones", [3])
+    with pytest.raises(OversquashError, match=r"\['repeat-final'\]: none applies .*'count-ones'"):
+        task_accuracy(llama, "count-ones", [3], remedies=["repeat-final"])
     with pytest.raises(OversquashError, match="remedy='x' was not measured"):
         AccuracyReport(
             task_accuracy(llama, "count-ones", [3], remedies=("none",)).records,

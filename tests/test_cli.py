@@ -98,3 +98,36 @@ def test_report_on_tiny_model(tiny_folder, tmp_path):
         "Timings",
     ):
         assert section in text
+
+
+def test_json_keeps_tiny_gaps(tmp_path, capsys):
+    """DataFrame.to_json keeps 10 decimals (3e-11 -> 0.0); the CLI's JSON must round-trip."""
+    import json
+
+    from oversquash_lens import collapse_curve, load_model
+
+    folder = testing.save_tiny_model("llama", tmp_path / "small", initializer_range=1e-4)
+    args = ["collapse", "--model", str(folder), "--lengths", "4", "64", "--precisions",
+            "float32", "--json", "--all-layers"]  # fmt: skip
+    assert cli.main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    api = collapse_curve(load_model(folder), [4, 64], precisions=("float32",)).to_dataframe()
+    assert len(rows) == len(api)
+    assert float(api["linf"].min()) < 1e-9  # the case DataFrame.to_json rounds to 0.0
+    for row, (_, ref) in zip(rows, api.iterrows()):
+        assert row["l1"] == float(ref["l1"]) and row["linf"] == float(ref["linf"])
+        assert row["identical"] == bool(ref["identical"])
+
+
+def test_report_lengths(tiny_folder, tmp_path, capsys):
+    """Lengths you choose are used as given: one beyond n_ctx is a clean error, not a
+    traceback or a silent drop; the default grid is cut to what fits, and the report says so."""
+    out = tmp_path / "r.html"
+    base = ["report", "--model", tiny_folder, "--output", str(out), "--probes", "2"]
+    assert cli.main([*base, "--lengths", "8", "250"]) == 2
+    assert "n_ctx=256" in capsys.readouterr().err and not out.exists()
+    from oversquash_lens.report import ReportConfig, build_report
+
+    build_report(testing.tiny_model("llama", n_ctx=256), out, config=ReportConfig(n_probes=2),
+                 progress=False)  # fmt: skip
+    assert "Lengths [256, 512] are skipped" in out.read_text()

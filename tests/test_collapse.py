@@ -215,6 +215,18 @@ def test_errors_name_the_bad_value(llama):
     assert_unchanged(llama, snap)
 
 
+def test_numpy_length_grids_are_accepted(llama):
+    """A numpy log grid (np.int64 items) is the natural way to build PAPER's length grid."""
+    import numpy as np
+
+    grid = np.unique(np.geomspace(4, 32, 4).astype(int))
+    curve = collapse_curve(llama, grid, precisions=("float32",))
+    assert curve.lengths == tuple(int(n) for n in grid)
+    assert all(type(n) is int for n in curve.lengths)
+    same = collapse_curve(llama, [int(n) for n in grid], precisions=("float32",))
+    pd.testing.assert_frame_equal(curve.to_dataframe(), same.to_dataframe())
+
+
 def test_frame_plot_html_and_batching(llama):
     curve = collapse_curve(llama, [2, 6, 20], task="alternating", batch_size=1, progress=False)
     df = curve.to_dataframe()

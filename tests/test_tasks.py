@@ -127,6 +127,9 @@ def test_copying_prompts(llama):
     assert "repeat-final" in tasks.applicable_remedies("copy-last")
     assert "repeat-final" not in tasks.applicable_remedies("count-ones")
     assert "interleave" not in tasks.applicable_remedies("sum-ones")
+    assert "separators" not in tasks.applicable_remedies("sum-ones")
+    with pytest.raises(OversquashError, match="'separators'"):
+        tasks.task_prompt(llama, "sum-ones", 6, remedy="separators")
 
 
 def test_registry_and_errors(llama):
