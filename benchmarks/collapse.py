@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time, gpt2_small_shaped  # noqa: E402
 
 from oversquash_lens import collapse_curve, tasks  # noqa: E402
-from oversquash_lens.collapse import _plan  # noqa: E402
+from oversquash_lens.collapse.curve import _plan  # noqa: E402
 
 
 def _naive(model, pairs):

@@ -45,7 +45,7 @@ def _step(kind: str, cache_dir: str, queue) -> None:
     import transformers  # noqa: F401
 
     from oversquash_lens import load_model
-    from oversquash_lens._embedded import embedded_model_folder
+    from oversquash_lens.models.embedded import embedded_model_folder
     from tests.test_embedded import PARAGRAPHS
 
     out: dict = {"rss_after_imports": _peak_mib(), "import_seconds": time.perf_counter() - start}

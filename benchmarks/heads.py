@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time  # noqa: E402
 
-from oversquash_lens import _model, classify_heads, testing  # noqa: E402
+from oversquash_lens import _tl, classify_heads, testing  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
         "llama", d_model=576, n_layers=args.layers, n_heads=9, n_kv_heads=3, d_vocab=64, n_ctx=256
     )
     toks = torch.randint(0, 64, (1, args.tokens), generator=torch.Generator().manual_seed(0))
-    info = _model.model_info(model)
+    info = _tl.model_info(model)
     print(
         f"llama-shaped: {info.n_layers} layers, {info.n_heads} heads ({info.n_kv_heads} K/V), "
         f"d_model {info.d_model}, {args.tokens} tokens, {torch.get_num_threads()} thread(s)"
@@ -51,7 +51,7 @@ def main() -> None:
             z[:, 1:, head] = 0
             return z
 
-        _model.run_with_hooks(model, toks, [(_model.z_name(layer), hook)])
+        _tl.run_with_hooks(model, toks, [(_tl.z_name(layer), hook)])
 
     n = args.naive_samples
     samples = [(i * info.n_layers // n, i % info.n_heads) for i in range(n)]

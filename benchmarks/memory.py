@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gpt2_small_shaped  # noqa: E402
 
-from oversquash_lens import _model, capture_residuals, token_sensitivity  # noqa: E402
+from oversquash_lens import _tl, capture_residuals, token_sensitivity  # noqa: E402
 
 MIB = 1 << 20
 D_MODEL, HEADS, LAYERS = 768, 12, 12
@@ -62,14 +62,14 @@ def _graph(model, toks) -> None:
     def replace(x, hook):
         return leaf
 
-    name = _model.resid_name(0)
-    leaf = _model.capture(model, toks, [name], stop_at_layer=1)[name].requires_grad_(True)
+    name = _tl.resid_name(0)
+    leaf = _tl.capture(model, toks, [name], stop_at_layer=1)[name].requires_grad_(True)
     try:
         with torch.enable_grad():
-            logits = _model.run_with_hooks(model, toks, [(name, replace)], grad=True, freeze=True)
+            logits = _tl.run_with_hooks(model, toks, [(name, replace)], grad=True, freeze=True)
         assert logits.grad_fn is not None
     finally:
-        _model.release_graphs(model)
+        _tl.release_graphs(model)
 
 
 def _child(variant: str, n_tokens: int, n_ctx: int, args, queue) -> None:

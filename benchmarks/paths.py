@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_time  # noqa: E402
 
-from oversquash_lens import _model, attention_rollout, testing, token_sensitivity  # noqa: E402
+from oversquash_lens import _tl, attention_rollout, testing, token_sensitivity  # noqa: E402
 
 
 def random_patterns(layers: int, heads: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -88,8 +88,8 @@ def _h0_runner(model, toks, layers):
 
             return hook
 
-        hooks = [(_model.resid_name(0), lambda a, hook: x)]
-        hooks += [(_model.resid_name(layer), keep(layer)) for layer in layers]
+        hooks = [(_tl.resid_name(0), lambda a, hook: x)]
+        hooks += [(_tl.resid_name(layer), keep(layer)) for layer in layers]
         with model.hooks(fwd_hooks=hooks):
             model(toks.expand(x.shape[0], -1))
         return torch.stack([store[layer][0, -1] for layer in layers])
@@ -100,28 +100,28 @@ def _h0_runner(model, toks, layers):
 def naive_exact(model, toks) -> torch.Tensor:
     """One forward, then one backward per output coordinate (layer, c) with retain_graph."""
     layers = range(1, model.cfg.n_layers + 1)
-    name = _model.resid_name(0)
-    x = _model.capture(model, toks, [name])[name].requires_grad_(True)
-    with _model.preserved(model, freeze=True):
+    name = _tl.resid_name(0)
+    x = _tl.capture(model, toks, [name])[name].requires_grad_(True)
+    with _tl.preserved(model, freeze=True):
         out = _h0_runner(model, toks, layers)(x)  # [L, d]
         sq = torch.zeros(out.shape[0], toks.shape[1], dtype=torch.float64)
         for layer in range(out.shape[0]):
             for c in range(out.shape[1]):
                 (g,) = torch.autograd.grad(out[layer, c], x, retain_graph=True)
                 sq[layer] += g[0].double().square().sum(-1)
-    _model.release_graphs(model)
+    _tl.release_graphs(model)
     return sq.sqrt()
 
 
 def jacobian_exact(model, toks, *, vectorize: bool) -> torch.Tensor:
     layers = range(1, model.cfg.n_layers + 1)
-    name = _model.resid_name(0)
-    x = _model.capture(model, toks, [name])[name]
-    with _model.preserved(model, freeze=True):
+    name = _tl.resid_name(0)
+    x = _tl.capture(model, toks, [name])[name]
+    with _tl.preserved(model, freeze=True):
         jac = torch.autograd.functional.jacobian(
             _h0_runner(model, toks, layers), x, vectorize=vectorize
         )
-    _model.release_graphs(model)
+    _tl.release_graphs(model)
     return jac[:, :, 0].square().sum((1, 3)).sqrt()
 
 

@@ -7,11 +7,9 @@ No side effects and no network access on import.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from .accuracy import AccuracyReport as AccuracyReport
-from .accuracy import task_accuracy as task_accuracy
-from .capture import ResidualStates as ResidualStates
-from .capture import capture_residuals as capture_residuals
 from .collapse import CollapseCurve as CollapseCurve
+from .collapse import ResidualStates as ResidualStates
+from .collapse import capture_residuals as capture_residuals
 from .collapse import collapse_curve as collapse_curve
 from .errors import InvalidArgumentError as InvalidArgumentError
 from .errors import InvalidPatternError as InvalidPatternError
@@ -19,19 +17,21 @@ from .errors import InvalidTokensError as InvalidTokensError
 from .errors import ModelLoadError as ModelLoadError
 from .errors import OversquashError as OversquashError
 from .errors import UnsupportedModelError as UnsupportedModelError
+from .flow import OversquashProfile as OversquashProfile
+from .flow import Sensitivity as Sensitivity
+from .flow import attention_rollout as attention_rollout
+from .flow import attention_rollout_from_model as attention_rollout_from_model
+from .flow import oversquash_profile as oversquash_profile
+from .flow import oversquashing_bound as oversquashing_bound
+from .flow import path_counts as path_counts
+from .flow import token_sensitivity as token_sensitivity
 from .glasses import adaptive_temperature as adaptive_temperature
 from .heads import HeadReport as HeadReport
 from .heads import classify_heads as classify_heads
 from .heads import pattern_scores as pattern_scores
-from .loading import load_model as load_model
-from .paths import path_counts as path_counts
-from .profile import OversquashProfile as OversquashProfile
-from .profile import oversquash_profile as oversquash_profile
-from .rollout import attention_rollout as attention_rollout
-from .rollout import attention_rollout_from_model as attention_rollout_from_model
-from .rollout import oversquashing_bound as oversquashing_bound
-from .sensitivity import Sensitivity as Sensitivity
-from .sensitivity import token_sensitivity as token_sensitivity
+from .models import load_model as load_model
+from .tasks import AccuracyReport as AccuracyReport
+from .tasks import task_accuracy as task_accuracy
 
 try:
     __version__ = _version("oversquash_lens")

@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .loading import load_model
+    from .models import load_model
 
     return load_model(args.model, dtype=args.dtype)
 
@@ -79,7 +79,7 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .sensitivity import token_sensitivity
+    from .flow import token_sensitivity
 
     sens = token_sensitivity(
         _load(args), args.prompt, target=args.target, method=args.method, n_probes=args.probes

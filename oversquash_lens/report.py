@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import _model, viz
+from . import _tl, viz
 from ._display import frame_html
 from .errors import InvalidArgumentError
 
@@ -87,9 +87,9 @@ def build_report(
     """Measure every section on ``model`` (default: the embedded SmolLM2-135M-Instruct) and
     write one self-contained HTML file (renders offline). Returns the path."""
     from .collapse import collapse_curve
+    from .flow import oversquash_profile
     from .heads import classify_heads
-    from .loading import load_model
-    from .profile import oversquash_profile
+    from .models import load_model
 
     config = config or ReportConfig()
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def build_report(
         model = _timed(config, "load model", load_model, bar)
     else:
         bar.update(1)
-    info = _model.model_info(model)
+    info = _tl.model_info(model)
     lengths = list(config.lengths)
     if tuple(lengths) == DEFAULT_LENGTHS:
         lengths = _fitting_lengths(model, lengths, info.n_ctx)
@@ -147,7 +147,7 @@ def build_report(
         items.append(fig)
 
     # --- over-squashing profile (PAPER §3, §5) -----------------------------------------
-    tokens = _model.prepare_tokens(model, config.copy_prompt, info)
+    tokens = _tl.prepare_tokens(model, config.copy_prompt, info)
     profile = _timed(
         config,
         "over-squashing profile",
@@ -179,7 +179,7 @@ def build_report(
     items.append(profile.plot())
 
     # --- heads (PAPER §4) ----------------------------------------------------------------
-    head_tokens = _model.prepare_tokens(model, config.text, info)
+    head_tokens = _tl.prepare_tokens(model, config.text, info)
     report = _timed(
         config,
         "head classification",
@@ -192,7 +192,7 @@ def build_report(
     items.append(report)
     flagged = report.flagged
     if len(flagged):
-        patterns = _model.attention_patterns(model, head_tokens)[0]
+        patterns = _tl.attention_patterns(model, head_tokens)[0]
         chosen = flagged.head(config.max_attention_views)
         layers = torch.as_tensor(chosen["layer"].tolist(), dtype=torch.long)
         heads = torch.as_tensor(chosen["head"].tolist(), dtype=torch.long)
@@ -214,7 +214,7 @@ def build_report(
     return viz.save_html(items, path, title=f"oversquash_lens: {info.name}")
 
 
-def _model_card(model: Any, info: _model.ModelInfo, embedded: bool) -> str:
+def _model_card(model: Any, info: _tl.ModelInfo, embedded: bool) -> str:
     facts = {
         "name": info.name,
         "family": info.family,
@@ -225,10 +225,10 @@ def _model_card(model: Any, info: _model.ModelInfo, embedded: bool) -> str:
         "vocabulary": info.d_vocab,
         "positional encoding": info.positional,
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
-        "dtype": str(_model.model_dtype(model)),
+        "dtype": str(_tl.model_dtype(model)),
     }
     if embedded:
-        from ._embedded import embedded_model_card
+        from .models.embedded import embedded_model_card
 
         facts.update({f"card: {k}": v for k, v in embedded_model_card().items()})
     frame = pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}})

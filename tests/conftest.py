@@ -5,9 +5,9 @@ import socket
 import pytest
 import torch
 
-from oversquash_lens import _model, testing
+from oversquash_lens import _tl, testing
 
-TL_MAJOR = _model.tl_major_version()
+TL_MAJOR = _tl.tl_major_version()
 # Every architecture runs as a TransformerBridge; on transformer-lens 3.x the legacy
 # HookedTransformer (absolute and rotary/GQA variants) runs through the same tests.
 ARCHS = [*testing.ARCHITECTURES, "native"]
@@ -68,13 +68,13 @@ def gpt2():
 
 def state_snapshot(model):
     """Everything a call must leave unchanged: parameters (bitwise), modes, flags, hooks."""
-    from oversquash_lens import _model
+    from oversquash_lens import _tl
 
     return (
         {k: v.detach().clone() for k, v in model.state_dict().items()},
         [m.training for m in model.modules()],
         [p.requires_grad for p in model.parameters()],
-        _model.count_hooks(model),
+        _tl.count_hooks(model),
     )
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from oversquash_lens import AccuracyReport, OversquashError, _model, task_accuracy, tasks, testing
-from oversquash_lens.accuracy import read_answer
+from oversquash_lens import AccuracyReport, OversquashError, _tl, task_accuracy, tasks, testing
+from oversquash_lens.tasks.accuracy import read_answer
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -20,7 +20,7 @@ def _reference_answer(model, prompt, steps):
 
 
 def test_predictions_equal_reference_decoding(llama):
-    _model.run_with_hooks(llama, torch.tensor([[0, 1]]), [])
+    _tl.run_with_hooks(llama, torch.tensor([[0, 1]]), [])
     snap = state_snapshot(llama)
     rep = task_accuracy(llama, "count-ones", [3, 11], remedies=("none", "separators"))
     assert_unchanged(llama, snap)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oversquash_lens import InvalidTokensError, OversquashError, _model, capture_residuals
+from oversquash_lens import InvalidTokensError, OversquashError, _tl, capture_residuals
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -14,7 +14,7 @@ def _tokens(model, batch=3, pos=9, seed=0):
 def test_capture_equals_run_with_cache(arch_model):
     toks = _tokens(arch_model)
     n = arch_model.cfg.n_layers
-    names = [_model.resid_name(layer) for layer in range(n + 1)]
+    names = [_tl.resid_name(layer) for layer in range(n + 1)]
     _, cache = arch_model.run_with_cache(toks, names_filter=lambda name: name in names)
     ref = torch.stack([cache[name] for name in names], dim=1)
     got = capture_residuals(arch_model, toks)
@@ -61,7 +61,7 @@ def test_hook_exception_leaves_no_trace(arch_model):
         raise RuntimeError("injected")
 
     with pytest.raises(RuntimeError, match="injected"):
-        _model.run_with_hooks(arch_model, toks, [("blocks.1.hook_resid_pre", boom)], freeze=True)
+        _tl.run_with_hooks(arch_model, toks, [("blocks.1.hook_resid_pre", boom)], freeze=True)
     assert_unchanged(arch_model, snap_train)
     arch_model.eval()
     assert_unchanged(arch_model, snap)

@@ -12,7 +12,7 @@ from oversquash_lens import (
     CollapseCurve,
     InvalidTokensError,
     OversquashError,
-    _model,
+    _tl,
     adaptive_temperature,
     collapse_curve,
     tasks,
@@ -50,21 +50,21 @@ def windowed():
             tf.MistralForCausalLM(cfg).save_pretrained(folder)
         testing.tiny_tokenizer().save_pretrained(folder)
         with contextlib.redirect_stderr(io.StringIO()):
-            model = _model.bridge_class().boot_transformers(folder)
+            model = _tl.bridge_class().boot_transformers(folder)
         _MODELS["mistral"] = model.eval()
     return _MODELS["mistral"]
 
 
 def _snapshot(model):
     """state_snapshot after one forward (TL 4 bridges wire their own hooks on first use)."""
-    _model.run_with_hooks(model, torch.tensor([[0, 1]]), [])
+    _tl.run_with_hooks(model, torch.tensor([[0, 1]]), [])
     return state_snapshot(model)
 
 
 def _last_states(model, tokens):
     """Independent reference: run_with_cache on one sequence, residuals at the last token."""
     n = model.cfg.n_layers
-    names = [_model.resid_name(layer) for layer in range(n + 1)]
+    names = [_tl.resid_name(layer) for layer in range(n + 1)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in names)
     return torch.stack([cache[name][0, -1] for name in names])
@@ -119,7 +119,7 @@ def test_native_dtype_equals_a_freshly_cast_model(arch):
     prec = ("bfloat16", "float16")
     curve = collapse_curve(model, [2, 5], share_prefix=False, precisions=prec, run_in_dtype=True)
     assert_unchanged(model, snap)
-    assert _model.model_dtype(model) == torch.float32
+    assert _tl.model_dtype(model) == torch.float32
     assert curve.native == ("bfloat16", "float16") and curve.unavailable == {}
     for precision, dtype in [("bfloat16", torch.bfloat16), ("float16", torch.float16)]:
         fresh = testing.tiny_model(arch).to(dtype)  # same seed: same weights, truly cast

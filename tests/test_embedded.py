@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import oversquash_lens as osl
-from oversquash_lens import _embedded
 from oversquash_lens.errors import InvalidArgumentError, ModelLoadError
+from oversquash_lens.models import embedded as _embedded
 
 NAME = _embedded._folder_name("0.1.2")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from oversquash_lens import _embedded, _model, testing
+from oversquash_lens import _tl, testing
+from oversquash_lens.models import embedded as _embedded
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN"
@@ -256,7 +257,7 @@ def test_bring_your_own_model(tiny):
 
 def test_bring_your_own_model_hooked():
     """The legacy HookedTransformer exists only on transformer-lens < 4: a clear exit there."""
-    if _model.tl_major_version() >= 4:
+    if _tl.tl_major_version() >= 4:
         out = run_example("bring_your_own_model.py", "--tiny", "hooked", expect_rc=2)
         assert "cannot build --tiny hooked here" in out
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from oversquash_lens import OversquashError, _model, adaptive_temperature, glasses
+from oversquash_lens import OversquashError, _tl, adaptive_temperature, glasses
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -58,7 +58,7 @@ def test_adaptive_pattern_equals_adaptive_softmax_of_scores():
 
 
 # transformer-lens 3.9's boot_native bridge exposes hook_pattern for reading only.
-READ_ONLY_PATTERNS = _model.tl_major_version() < 4
+READ_ONLY_PATTERNS = _tl.tl_major_version() < 4
 
 
 def test_model_intervention_replaces_patterns_and_cleans_up(arch_model, request):
@@ -67,21 +67,21 @@ def test_model_intervention_replaces_patterns_and_cleans_up(arch_model, request)
     toks = torch.randint(
         4, arch_model.cfg.d_vocab, (2, 10), generator=torch.Generator().manual_seed(0)
     )
-    names = [_model.pattern_name(b) for b in range(arch_model.cfg.n_layers)]
-    before = _model.capture(arch_model, toks, names)
-    logits = _model.run_with_hooks(arch_model, toks, [])
+    names = [_tl.pattern_name(b) for b in range(arch_model.cfg.n_layers)]
+    before = _tl.capture(arch_model, toks, names)
+    logits = _tl.run_with_hooks(arch_model, toks, [])
     snap = state_snapshot(arch_model)
     with adaptive_temperature(arch_model) as m:
         assert m is arch_model
-        inside = _model.capture(arch_model, toks, names)
-        sharpened = _model.run_with_hooks(arch_model, toks, [])
+        inside = _tl.capture(arch_model, toks, names)
+        sharpened = _tl.run_with_hooks(arch_model, toks, [])
     assert_unchanged(arch_model, snap)
     # block 0 sees unchanged inputs, so its pattern is exactly the adaptive version of the old
     torch.testing.assert_close(inside[names[0]], glasses.adaptive_pattern(before[names[0]]))
     assert not torch.allclose(sharpened, logits, atol=1e-4)
     # beta = 1 everywhere (threshold above any entropy) rebuilds the same patterns
     with adaptive_temperature(arch_model, threshold=1e9):
-        same = _model.run_with_hooks(arch_model, toks, [])
+        same = _tl.run_with_hooks(arch_model, toks, [])
     torch.testing.assert_close(same, logits, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="boom"), adaptive_temperature(arch_model, layers=[0]):
         raise RuntimeError("boom")
@@ -90,17 +90,17 @@ def test_model_intervention_replaces_patterns_and_cleans_up(arch_model, request)
 
 def test_applied_forms_and_errors(llama):
     toks = torch.tensor([[0, 5, 5, 5, 5]])
-    base = _model.run_with_hooks(llama, toks, [])
+    base = _tl.run_with_hooks(llama, toks, [])
     seen = []
 
     def spy(x, hook):
         seen.append(x.shape)
 
-    with glasses.applied(llama, [(_model.pattern_name(0), spy)]):
-        _model.run_with_hooks(llama, toks, [])
+    with glasses.applied(llama, [(_tl.pattern_name(0), spy)]):
+        _tl.run_with_hooks(llama, toks, [])
     assert len(seen) == 1
     with glasses.applied(llama, None):
-        torch.testing.assert_close(_model.run_with_hooks(llama, toks, []), base)
+        torch.testing.assert_close(_tl.run_with_hooks(llama, toks, []), base)
     with pytest.raises(OversquashError, match="intervention=42"):
         with glasses.applied(llama, 42):
             pass
@@ -123,14 +123,14 @@ def test_read_only_patterns_are_refused():
     toks = torch.tensor([[1, 2, 3, 4]])
     first_only = [
         (
-            _model.pattern_name(b),
+            _tl.pattern_name(b),
             lambda p, hook: torch.zeros_like(p).index_fill(-1, torch.tensor([0]), 1.0),
         )
         for b in range(model.cfg.n_layers)
     ]
     with torch.no_grad():
         edits_reach = not torch.equal(
-            _model.run_with_hooks(model, toks, []), _model.run_with_hooks(model, toks, first_only)
+            _tl.run_with_hooks(model, toks, []), _tl.run_with_hooks(model, toks, first_only)
         )
     assert edits_reach == (not READ_ONLY_PATTERNS)  # the TL 3.9 limitation, measured
     snap = state_snapshot(model)

@@ -13,7 +13,7 @@ from oversquash_lens import (
     InvalidArgumentError,
     InvalidPatternError,
     InvalidTokensError,
-    _model,
+    _tl,
     testing,
 )
 from oversquash_lens.heads import (
@@ -90,7 +90,7 @@ def test_nope_cannot_make_a_diagonal_head():
     tokens have identical keys, so [bos, x, x] splits query 2 evenly between keys 1 and 2
     (α_22 = α_21 ≤ 1/2); a constant q = k gives exactly uniform rows α_ij = 1/(i+1)."""
     token = nope_qk_model("token")
-    pattern = _model.attention_patterns(token, torch.tensor([[0, 7, 7]]))[0, 0, 0]
+    pattern = _tl.attention_patterns(token, torch.tensor([[0, 7, 7]]))[0, 0, 0]
     assert pattern[1, 1] > 0.99  # the same edit is diagonal where tokens differ ...
     assert pattern[2, 1] == pytest.approx(pattern[2, 2].item(), abs=1e-6)  # ... not on a repeat
     repeats = [[0, 7, 7], [0, 5, 9, 5, 9, 11, 11, 11, 12, 13, 14, 15, 15, 16, 17]]
@@ -101,7 +101,7 @@ def test_nope_cannot_make_a_diagonal_head():
 
     constant = nope_qk_model("constant")
     long = _random_prompts(2, 24)
-    pattern = _model.attention_patterns(constant, long)[0, 0, 0]
+    pattern = _tl.attention_patterns(constant, long)[0, 0, 0]
     uniform = torch.tril(torch.ones(24, 24)) / torch.arange(1, 25)[:, None]
     torch.testing.assert_close(pattern, uniform, atol=1e-5, rtol=0)
     report = classify_heads(constant, long, ablation=False, progress=False)
@@ -150,7 +150,7 @@ def test_pattern_scores_from_a_cache_equal_model_scores(llama):
     before = {k: v.clone() for k, v in cache.items()}
     from_cache = pattern_scores(cache)
     assert all(torch.equal(cache[k], v) for k, v in before.items())  # cache not mutated
-    from_tensor = pattern_scores(_model.attention_patterns(llama, TOKENS))
+    from_tensor = pattern_scores(_tl.attention_patterns(llama, TOKENS))
     report = classify_heads(llama, TOKENS, ablation=False, progress=False)
     for name, value in from_cache.items():
         torch.testing.assert_close(value, from_tensor[name])
@@ -201,17 +201,15 @@ def test_ablation_on_bloom_where_start_at_layer_is_not_exact():
 def _check_ablation(arch_model):
     seqs = [TOKENS[0], TOKENS[1], TOKENS[0, :5]]
     report = classify_heads(arch_model, seqs, batch_size=4, progress=False)
-    info = _model.model_info(arch_model)
+    info = _tl.model_info(arch_model)
     zs = [
-        _model.capture(arch_model, s[None], [_model.z_name(b) for b in range(info.n_layers)])
+        _tl.capture(arch_model, s[None], [_tl.z_name(b) for b in range(info.n_layers)])
         for s in seqs
     ]
-    clean = torch.stack(
-        [_loss(_model.run_with_hooks(arch_model, s[None], []), s[None]) for s in seqs]
-    )
+    clean = torch.stack([_loss(_tl.run_with_hooks(arch_model, s[None], []), s[None]) for s in seqs])
     checked = [(0, 1), (info.n_layers - 1, 0), (info.n_layers - 1, info.n_heads - 1)]
     for layer, head in checked:  # first chunk of layer 0, first and last chunk of the last layer
-        name = _model.z_name(layer)
+        name = _tl.z_name(layer)
         mean = torch.cat([z[name][0, 1:] for z in zs]).mean(0)  # [head, d_head]
         for mode, value in (("zero", torch.zeros_like(mean[head])), ("mean", mean[head])):
 
@@ -222,7 +220,7 @@ def _check_ablation(arch_model):
 
             ablated = torch.stack(
                 [
-                    _loss(_model.run_with_hooks(arch_model, s[None], [(name, hook)]), s[None])
+                    _loss(_tl.run_with_hooks(arch_model, s[None], [(name, hook)]), s[None])
                     for s in seqs
                 ]
             )
@@ -236,18 +234,18 @@ def _check_ablation(arch_model):
 def test_write_ratio_matches_single_head_forward(arch_model):
     """‖head output‖ from a forward pass where every other head's z is zeroed (attn_out minus
     the all-heads-zeroed attn_out, which is the output bias), over ‖resid_pre‖."""
-    info = _model.model_info(arch_model)
+    info = _tl.model_info(arch_model)
     report = classify_heads(arch_model, TOKENS, ablation=False, progress=False)
 
     def capture_with(layer, heads):
         """attn_out and resid_pre of ``layer`` with every head but ``heads`` zeroed."""
-        names = [_model.attn_out_name(layer), _model.resid_pre_name(layer)]
+        names = [_tl.attn_out_name(layer), _tl.resid_pre_name(layer)]
         keep = torch.zeros(info.n_heads, 1)
         keep[heads] = 1
         store = {}
-        hooks = [(_model.z_name(layer), lambda z, hook: z * keep.to(z.dtype))]
+        hooks = [(_tl.z_name(layer), lambda z, hook: z * keep.to(z.dtype))]
         hooks += [(n, lambda x, hook, n=n: store.__setitem__(n, x.clone())) for n in names]
-        _model.run_with_hooks(arch_model, TOKENS, hooks)
+        _tl.run_with_hooks(arch_model, TOKENS, hooks)
         return store[names[0]], store[names[1]]
 
     for layer in range(info.n_layers):
@@ -294,7 +292,7 @@ def test_runs_on_every_architecture_and_leaves_the_model_alone(arch_model):
     snap = _snapshot(arch_model)
     report = classify_heads(arch_model, TOKENS, progress=True)
     assert_unchanged(arch_model, snap)
-    info = _model.model_info(arch_model)
+    info = _tl.model_info(arch_model)
     frame = report.to_dataframe()
     assert len(frame) == info.n_layers * info.n_heads
     assert set(frame["label"]) <= set(LABELS)

@@ -7,7 +7,7 @@ import torch
 from oversquash_lens import (
     InvalidArgumentError,
     OversquashProfile,
-    _model,
+    _tl,
     attention_rollout_from_model,
     capture_residuals,
     oversquash_profile,
@@ -58,7 +58,7 @@ def test_columns_equal_the_standalone_measures(arch_model, target):
     torch.testing.assert_close(prof.sensitivity.values, sens.values)
     beta = _residual_scale(arch_model, TOKENS)
     torch.testing.assert_close(prof.beta, beta, rtol=1e-6, atol=0)
-    patterns = _model.attention_patterns(arch_model, TOKENS)[0]
+    patterns = _tl.attention_patterns(arch_model, TOKENS)[0]
     torch.testing.assert_close(
         prof.bound, oversquashing_bound(patterns, target=target, beta=beta), rtol=1e-5, atol=0
     )

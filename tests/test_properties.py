@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oversquash_lens import attention_rollout, oversquashing_bound, path_counts
-from oversquash_lens.collapse import _metrics
+from oversquash_lens.collapse.curve import _metrics
 
 SETTINGS = settings(max_examples=60, deadline=None)
 ROLLOUT_SETTINGS = settings(max_examples=40, deadline=None)  # model-free but ~0.1 s each

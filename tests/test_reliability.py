@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import oversquash_lens as osl
-from oversquash_lens import _model, errors, synthetic, testing, viz
+from oversquash_lens import _tl, errors, synthetic, testing, viz
 from oversquash_lens.glasses import adaptive_temperature
 from oversquash_lens.heads import classify_heads, pattern_scores
 
@@ -74,7 +74,7 @@ def _bert() -> torch.nn.Module:
     tf.BertForMaskedLM(cfg).save_pretrained(folder)
     testing.tiny_tokenizer().save_pretrained(folder)
     with contextlib.redirect_stderr(io.StringIO()):
-        model = _model.bridge_class().boot_transformers(folder)
+        model = _tl.bridge_class().boot_transformers(folder)
     model.eval()
     return model
 

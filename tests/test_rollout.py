@@ -7,12 +7,12 @@ from oversquash_lens import (
     InvalidArgumentError,
     InvalidPatternError,
     InvalidTokensError,
-    _model,
+    _tl,
     attention_rollout,
     attention_rollout_from_model,
     oversquashing_bound,
-    rollout,
 )
+from oversquash_lens.flow import rollout
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -130,9 +130,7 @@ def test_cache_and_model_entry_points(arch_model):
     toks = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 6]])
     _, cache = arch_model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
     before = {k: v.clone() for k, v in cache.items()}
-    patterns = torch.stack(
-        [cache[_model.pattern_name(b)][0] for b in range(arch_model.cfg.n_layers)]
-    )
+    patterns = torch.stack([cache[_tl.pattern_name(b)][0] for b in range(arch_model.cfg.n_layers)])
     ref = _reference_rollout(patterns, -1)
     from_cache = attention_rollout(cache)
     torch.testing.assert_close(from_cache.double(), ref, rtol=0, atol=1e-5)
@@ -276,7 +274,7 @@ def test_model_without_attention_is_refused(tmp_path):
         testing,
     )
 
-    bridge = _model.bridge_class()
+    bridge = _tl.bridge_class()
     tok = testing.tiny_tokenizer()
     cfg = transformers.MambaConfig(
         vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, state_size=4, bos_token_id=0

@@ -11,11 +11,11 @@ from oversquash_lens import (
     InvalidArgumentError,
     InvalidTokensError,
     Sensitivity,
-    _model,
-    sensitivity,
+    _tl,
     testing,
     token_sensitivity,
 )
+from oversquash_lens.flow import sensitivity
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -32,8 +32,8 @@ def _run_from_h0(model, toks, x, layers):
 
         return hook
 
-    hooks = [(_model.resid_name(0), lambda a, hook: x)]
-    hooks += [(_model.resid_name(layer), keep(layer)) for layer in layers]
+    hooks = [(_tl.resid_name(0), lambda a, hook: x)]
+    hooks += [(_tl.resid_name(layer), keep(layer)) for layer in layers]
     with model.hooks(fwd_hooks=hooks):
         model(toks.expand(x.shape[0], -1))
     return store
@@ -48,8 +48,8 @@ def _snapshot(model):
 
 
 def _h0(model, toks):
-    name = _model.resid_name(0)
-    return _model.capture(model, toks, [name])[name]
+    name = _tl.resid_name(0)
+    return _tl.capture(model, toks, [name])[name]
 
 
 def _jacobian_reference(model, toks, target):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import oversquash_lens as osl
-from oversquash_lens import _model, testing
+from oversquash_lens import _tl, testing
 
 from .conftest import TL_MAJOR
 
@@ -26,7 +26,7 @@ def twins():
     from transformers import GPT2LMHeadModel
 
     folder = testing.save_tiny_model("gpt2")
-    bridge = _model.bridge_class().boot_transformers(str(folder))
+    bridge = _tl.bridge_class().boot_transformers(str(folder))
     bridge.eval()
     hf = GPT2LMHeadModel.from_pretrained(folder)
     c = hf.config
@@ -61,13 +61,13 @@ def test_residuals_agree(twins):
 
 def test_patterns_agree(twins):
     bridge, hooked = twins
-    a = _model.attention_patterns(bridge, TOKENS)
-    b = _model.attention_patterns(hooked, TOKENS)
+    a = _tl.attention_patterns(bridge, TOKENS)
+    b = _tl.attention_patterns(hooked, TOKENS)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_model_info_both_families(twins):
     bridge, hooked = twins
-    ib, ih = _model.model_info(bridge), _model.model_info(hooked)
+    ib, ih = _tl.model_info(bridge), _tl.model_info(hooked)
     assert (ib.family, ih.family) == ("bridge", "hooked")
     assert (ib.n_layers, ib.n_heads, ib.d_model) == (ih.n_layers, ih.n_heads, ih.d_model)

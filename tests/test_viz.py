@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from oversquash_lens import OversquashError, viz
+from oversquash_lens.views import circuits
 
 from .browser import render
 
@@ -17,7 +18,7 @@ def test_one_bundle_per_file(tmp_path):
     ]
     text = viz.save_html(views, tmp_path / "v.html").read_text()
     assert text.count("CircuitsVis.render(") == 3
-    assert text.count(viz._bundle()[:200]) == 1
+    assert text.count(circuits._bundle()[:200]) == 1
     assert text.count("plotly.js v") <= 2  # one inlined library (its banner may repeat once)
     assert "https://unpkg.com" not in text and "cdn.plot.ly" not in text.split("<body>")[1]
     # Jupyter display is self-contained too (bundle inlined, no CDN import).

@@ -15,9 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError
+from .. import _tl
+from .._display import frame_html
+from ..errors import InvalidArgumentError
 from .paths import path_counts
 from .rollout import attention_rollout, oversquashing_bound, resolve_beta
 from .sensitivity import Sensitivity, token_sensitivity
@@ -153,21 +153,21 @@ def oversquash_profile(
             the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
         layer: the depth shown by default (1..n_layers, -1 = the last).
     """
-    info = _model.require_attention(model)
-    toks = _model.single_sequence(model, tokens, info)
+    info = _tl.require_attention(model)
+    toks = _tl.single_sequence(model, tokens, info)
     n_layers = info.n_layers
     depth = _depth(layer, n_layers)
-    names = [_model.pattern_name(b) for b in range(n_layers)]
+    names = [_tl.pattern_name(b) for b in range(n_layers)]
     by_norm = isinstance(beta, str)
     if by_norm and beta != "residual":
         raise InvalidArgumentError(f"beta={beta!r} must be 'residual', a float or a tensor")
     if by_norm:
-        names += [_model.resid_name(b) for b in range(n_layers)]
-    store = _model.capture(model, toks, names)
-    patterns = torch.stack([store[_model.pattern_name(b)][0] for b in range(n_layers)])
+        names += [_tl.resid_name(b) for b in range(n_layers)]
+    store = _tl.capture(model, toks, names)
+    patterns = torch.stack([store[_tl.pattern_name(b)][0] for b in range(n_layers)])
     if by_norm:
-        resid = torch.stack([store[_model.resid_name(b)][0] for b in range(n_layers)]).double()
-        if _model.centres_before_norm(model):
+        resid = torch.stack([store[_tl.resid_name(b)][0] for b in range(n_layers)]).double()
+        if _tl.centres_before_norm(model):
             resid = resid - resid.mean(-1, keepdim=True)
         beta = resid.square().mean(-1).sqrt().cpu()
     rollout = attention_rollout(patterns, target=target, residual=residual)

@@ -24,8 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _model
-from .errors import InvalidArgumentError
+from .. import _tl
+from ..errors import InvalidArgumentError
 
 __all__ = [
     "COEFFICIENTS",
@@ -33,7 +33,6 @@ __all__ = [
     "adaptive_softmax",
     "adaptive_pattern",
     "adaptive_temperature",
-    "applied",
 ]
 
 #: poly(H) = −0.037 H⁴ + 0.481 H³ − 2.3 H² + 4.917 H − 1.791 (PAPER.md §6).
@@ -102,7 +101,7 @@ def adaptive_temperature(
 
     Raises :class:`UnsupportedModelError` for a model whose ``hook_pattern`` edits do not reach
     its output (checked with a 3-token probe), instead of silently changing nothing."""
-    info = _model.require_attention(model)
+    info = _tl.require_attention(model)
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
     if layers is not None and not isinstance(layers, Iterable):
@@ -123,47 +122,7 @@ def adaptive_temperature(
     def hook(pattern: Tensor, hook: Any) -> Tensor:
         return adaptive_pattern(pattern, threshold=threshold, coefficients=coefficients)
 
-    _model.check_pattern_edits_reach_output(model)
-    names = [_model.pattern_name(b % info.n_layers) for b in blocks]
+    _tl.check_pattern_edits_reach_output(model)
+    names = [_tl.pattern_name(b % info.n_layers) for b in blocks]
     with model.hooks(fwd_hooks=[(n, hook) for n in names]):
         yield model
-
-
-#: ``None``, a factory ``f(model) -> context manager`` (e.g. :func:`adaptive_temperature`) or
-#: a list of ``(hook_name, hook_fn)`` pairs; validated by :func:`applied` (hence ``Any``).
-Intervention = Any
-
-
-@contextlib.contextmanager
-def applied(model: Any, intervention: Intervention) -> Iterator[None]:
-    """Enter an intervention: ``None``; a factory called as ``intervention(model)`` that
-    returns a context manager (e.g. :func:`adaptive_temperature`); or a list of
-    ``(hook_name, hook_fn)`` forward hooks. Hooks are removed on exit."""
-    if intervention is None:
-        yield
-    elif callable(intervention):
-        ctx = intervention(model)
-        if not hasattr(ctx, "__enter__"):
-            raise InvalidArgumentError(
-                f"intervention={intervention!r} returned {type(ctx).__name__}, "
-                "not a context manager"
-            )
-        with ctx:
-            yield
-    elif isinstance(intervention, (list, tuple)) and all(
-        isinstance(h, tuple) and len(h) == 2 and callable(h[1]) for h in intervention
-    ):
-        with model.hooks(fwd_hooks=list(intervention)):
-            yield
-    else:
-        raise InvalidArgumentError(
-            f"intervention={intervention!r} is not None, a context-manager factory or a list "
-            "of (hook_name, hook_fn) pairs"
-        )
-
-
-def describe(intervention: Intervention) -> str:
-    """A short name for an intervention (for result objects)."""
-    if intervention is None:
-        return "none"
-    return getattr(intervention, "__name__", None) or type(intervention).__name__

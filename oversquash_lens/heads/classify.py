@@ -42,10 +42,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _head_scores as hs
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError
+from .. import _tl
+from .._display import frame_html
+from ..errors import InvalidArgumentError
+from . import scores as hs
 
 __all__ = [
     "LABELS",
@@ -274,9 +274,9 @@ def pattern_scores(
             row-stochastic attention, or an ActivationCache holding ``hook_pattern`` entries.
         sink_window: queries 1 ≤ t < sink_window enter ``first_mass`` (64, as Gu et al.).
     """
-    if _model.is_activation_cache(patterns):
-        batch = _model.cache_pattern_batch(patterns)
-        parts = [_model.patterns_from_cache(patterns, batch_index=i) for i in range(batch)]
+    if _tl.is_activation_cache(patterns):
+        batch = _tl.cache_pattern_batch(patterns)
+        parts = [_tl.patterns_from_cache(patterns, batch_index=i) for i in range(batch)]
         patterns = torch.stack(parts)
     if not isinstance(patterns, Tensor):
         raise InvalidArgumentError(
@@ -352,7 +352,7 @@ def classify_heads(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
-    info = _model.require_attention(model)
+    info = _tl.require_attention(model)
     groups = hs.token_groups(model, tokens, info)
     grids, facts = hs.measure(
         model,

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from . import _model
-from .errors import InvalidArgumentError, ModelLoadError
+from .. import _tl, _validate
+from ..errors import InvalidArgumentError, ModelLoadError
 
 __all__ = ["load_model"]
 
@@ -30,8 +30,8 @@ def load_model(
         cache_dir: where the embedded model's converted folder lives (default
             ``$OVERSQUASH_LENS_CACHE`` or ``~/.cache/oversquash_lens``).
     """
-    TransformerBridge = _model.bridge_class()
-    torch_dtype = _model.resolve_dtype(dtype) or torch.float32
+    TransformerBridge = _tl.bridge_class()
+    torch_dtype = _validate.resolve_dtype(dtype) or torch.float32
     if device is not None:
         try:
             torch.device(device)
@@ -40,7 +40,7 @@ def load_model(
                 f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
             ) from None
     if name_or_path is None:
-        from ._embedded import embedded_model_folder
+        from .embedded import embedded_model_folder
 
         folder: str = str(embedded_model_folder(cache_dir=cache_dir))
     else:

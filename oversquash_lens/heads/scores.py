@@ -20,8 +20,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _model
-from .errors import InvalidPatternError, InvalidTokensError
+from .. import _tl
+from ..errors import InvalidPatternError, InvalidTokensError
 
 #: Per-head pattern statistics, in the order of the last axis of :func:`pattern_stats`.
 PATTERN_STATS = ("diag_mass", "diag_min", "prev_mass", "prev_min", "first_mass", "entropy")
@@ -93,12 +93,12 @@ def ov_scores(
     was found). NaN for a head whose OV circuit is exactly zero."""
     copying, negative, folded = [], [], False
     for block in range(n_layers):
-        wv = _model.w_v(model, block).double().cpu()
-        scale = _model.ln1_scale(model, block) if fold_norm else None
+        wv = _tl.w_v(model, block).double().cpu()
+        scale = _tl.ln1_scale(model, block) if fold_norm else None
         if scale is not None:
             wv = wv * scale.double().cpu()[None, :, None]
             folded = True
-        lam = torch.linalg.eigvals(_model.w_o(model, block).double().cpu() @ wv)
+        lam = torch.linalg.eigvals(_tl.w_o(model, block).double().cpu() @ wv)
         size = lam.abs()
         total = size.sum(-1)
         copying.append(lam.real.sum(-1) / total)
@@ -107,7 +107,7 @@ def ov_scores(
 
 
 # --------------------------------------------------------------------------- forward passes
-def token_groups(model: Any, tokens: Any, info: _model.ModelInfo) -> list[Int[Tensor, "batch pos"]]:
+def token_groups(model: Any, tokens: Any, info: _tl.ModelInfo) -> list[Int[Tensor, "batch pos"]]:
     """Token batches of equal length: a list of texts or of id sequences is split per item
     (no padding) and regrouped by length; each sequence needs at least 2 positions."""
     items = [tokens]
@@ -115,7 +115,7 @@ def token_groups(model: Any, tokens: Any, info: _model.ModelInfo) -> list[Int[Te
         if all(isinstance(t, (str, list, tuple, Tensor)) for t in tokens):
             items = list(tokens)
     by_length: dict[int, list[Tensor]] = {}
-    for part in (_model.prepare_tokens(model, t, info) for t in items):
+    for part in (_tl.prepare_tokens(model, t, info) for t in items):
         if part.shape[1] < 2:
             raise InvalidTokensError(
                 f"tokens hold a sequence of {part.shape[1]} position(s); head scores need >= 2 "
@@ -128,7 +128,7 @@ def token_groups(model: Any, tokens: Any, info: _model.ModelInfo) -> list[Int[Te
 def measure(
     model: Any,
     groups: list[Tensor],
-    info: _model.ModelInfo,
+    info: _tl.ModelInfo,
     *,
     sink_window: int,
     ablation: bool,
@@ -150,11 +150,11 @@ def measure(
     if ablation:
         values = torch.zeros(2, *shape, info.d_head, dtype=torch.float64)
         values[1] = totals.z_sum / totals.n_z  # [0]: zero ablation, [1]: mean ablation
-        values = values.to(_model.model_device(model))
+        values = values.to(_tl.model_device(model))
         copies = [copies_per_pass(info, g.shape[0], g.shape[1], batch_size) for g in groups]
         n_passes = sum(info.n_layers * -(-2 * info.n_heads // c) for c in copies)
         sums = torch.zeros(2, *shape, dtype=torch.float64)
-        resume = _model.resumes_exactly(model, groups[0], resid[0])
+        resume = _tl.resumes_exactly(model, groups[0], resid[0])
         with tqdm(total=n_passes, desc="ablating heads", disable=not progress, leave=False) as bar:
             for g, r, c in zip(groups, resid, copies):
                 ablation_pass(model, g, r, values, sums, copies=c, bar=bar, resume=resume)
@@ -221,7 +221,7 @@ def clean_pass(
     """One clean forward pass: add pattern statistics, write ratios, z sums and the loss to
     ``totals``; return the residual entering every block when ``keep_resid`` (else [])."""
     n_layers = totals.n_layers
-    grams = [(w := _model.w_o(model, b).float()) @ w.transpose(1, 2) for b in range(n_layers)]
+    grams = [(w := _tl.w_o(model, b).float()) @ w.transpose(1, 2) for b in range(n_layers)]
     resid_norm: dict[int, Tensor] = {}
     write_norm: dict[int, Tensor] = {}
     resid: dict[int, Tensor] = {}
@@ -255,11 +255,11 @@ def clean_pass(
     hooks = []
     for block in range(n_layers):
         hooks += [
-            (_model.pattern_name(block), on_pattern(block)),
-            (_model.z_name(block), on_z(block)),
-            (_model.resid_pre_name(block), on_resid(block)),
+            (_tl.pattern_name(block), on_pattern(block)),
+            (_tl.z_name(block), on_z(block)),
+            (_tl.resid_pre_name(block), on_resid(block)),
         ]
-    logits = _model.run_with_hooks(model, tokens, hooks)
+    logits = _tl.run_with_hooks(model, tokens, hooks)
     for block in range(n_layers):
         ratio = write_norm[block] / resid_norm[block].clamp_min(1e-30)[..., None]
         totals.write[block] += ratio[:, 1:].mean(1).sum(0).double().cpu()
@@ -269,7 +269,7 @@ def clean_pass(
     return [resid[b] for b in range(n_layers)] if keep_resid else []
 
 
-def copies_per_pass(info: _model.ModelInfo, batch: int, n: int, batch_size: int | None) -> int:
+def copies_per_pass(info: _tl.ModelInfo, batch: int, n: int, batch_size: int | None) -> int:
     """How many ablated copies of a ``[batch, n]`` token batch one forward pass runs."""
     if batch_size is not None:
         return max(1, batch_size // batch)
@@ -291,7 +291,7 @@ def ablation_pass(
     """Add, per (mode, layer, head), the sum over sequences of the loss after replacing the
     head's ``hook_z`` at positions ≥ 1 by ``values[mode, layer, head]`` to ``deltas``. Each
     forward pass starts at one layer (at the embedding when not ``resume``: see
-    :func:`_model.resumes_exactly`) and runs ``copies`` replicated batches, one head each."""
+    :func:`_tl.resumes_exactly`) and runs ``copies`` replicated batches, one head each."""
     b, n = tokens.shape
     n_modes, n_layers, n_heads, _ = values.shape
     for block in range(n_layers):
@@ -303,11 +303,11 @@ def ablation_pass(
             heads = torch.tensor([h for _, h in chunk])
             repl = values[modes, block, heads]
             hook = _replace_z(k, heads.to(resid[block].device), repl.to(resid[block].device))
-            logits = _model.run_from_layer(
+            logits = _tl.run_from_layer(
                 model,
                 resid[block].repeat(k, 1, 1),
                 block if resume else 0,
-                [(_model.z_name(block), hook)],
+                [(_tl.z_name(block), hook)],
                 tokens=tokens.repeat(k, 1),
             )
             loss = sequence_loss(logits, tokens.repeat(k, 1)).view(k, b).sum(1).double().cpu()

@@ -14,9 +14,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError
+from .. import _tl, _validate
+from .._display import frame_html
+from ..errors import InvalidArgumentError
 
 __all__ = ["ResidualStates", "capture_residuals"]
 
@@ -114,15 +114,15 @@ def capture_residuals(
         batch_size: stream the batch in chunks of this many sequences (bounds peak memory).
         progress: show a progress bar (default: when there is more than one chunk).
     """
-    info = _model.model_info(model)
-    toks = _model.prepare_tokens(model, tokens, info)
-    keep = _model.resolve_positions(positions, toks.shape[1]).to(toks.device)
-    out_dtype = _model.resolve_dtype(dtype)
+    info = _tl.model_info(model)
+    toks = _tl.prepare_tokens(model, tokens, info)
+    keep = _validate.resolve_positions(positions, toks.shape[1]).to(toks.device)
+    out_dtype = _validate.resolve_dtype(dtype)
     if batch_size is None:
         batch_size = toks.shape[0]
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
-    names = [_model.resid_name(layer) for layer in range(info.n_layers + 1)]
+    names = [_tl.resid_name(layer) for layer in range(info.n_layers + 1)]
     order = {n: i for i, n in enumerate(names)}
 
     def keep_positions(name: str, x: Tensor) -> Tensor:
@@ -133,7 +133,7 @@ def capture_residuals(
     show = progress if progress is not None else len(chunks) > 1
     parts = []
     for start in tqdm(chunks, desc="capture_residuals", disable=not show, leave=False):
-        store = _model.capture(
+        store = _tl.capture(
             model, toks[start : start + batch_size], names, transform=keep_positions
         )
         parts.append(torch.stack([store[n] for n in sorted(store, key=order.__getitem__)], dim=1))

@@ -30,8 +30,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from . import _model
-from .errors import InvalidArgumentError
+from .. import _tl
+from ..errors import InvalidArgumentError
 
 __all__ = [
     "Pair", "Prompt", "DEFAULT_SYMBOLS", "REMEDIES", "RANDOM_TASKS", "repeated_pair",
@@ -89,12 +89,12 @@ class _Codec:
     """Encodes pieces to ids with the model's tokenizer (cached), or maps ids/symbols."""
 
     def __init__(self, model: Any, *, bos: int | None | str, symbols: Mapping[str, Any] | None):
-        self.tokenizer = _model.text_tokenizer(model)
+        self.tokenizer = _tl.text_tokenizer(model)
         self.symbols = DEFAULT_SYMBOLS if symbols is None else symbols
         self._cache: dict[str, list[int]] = {}
         if bos == "auto":
             tok_bos = getattr(self.tokenizer, "bos_token_id", None)
-            use = self.tokenizer is not None and _model.prepends_bos(model)
+            use = self.tokenizer is not None and _tl.prepends_bos(model)
             self.bos = [int(tok_bos)] if use and tok_bos is not None else []
         elif bos is None:
             self.bos = []

@@ -9,7 +9,7 @@ Precision modes:
 - ``"rounded"``: the states of a run in the model's own dtype, rounded to the precision
   (round-to-nearest-even) before comparing.
 - ``"native"``: the model actually run with its floating parameters and buffers in that dtype
-  (``_model.cast_temporarily``: the original tensors are put back afterwards, bitwise).
+  (``_tl.cast_temporarily``: the original tensors are put back afterwards, bitwise).
 
 Resolution (``collapsed`` column, used by ``crossing_length``): the pair is *collapsed* at a
 precision when the states are identical in it, or their relative L∞ gap
@@ -37,11 +37,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
-from .glasses import Intervention, applied, describe
-from .tasks import Pair, task_pair
+from .. import _tl, _validate
+from .._display import frame_html
+from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
+from ..glasses import Intervention, applied, describe
+from ..tasks.prompts import Pair, task_pair
 
 __all__ = ["CollapseCurve", "collapse_curve", "resolution"]
 
@@ -68,7 +68,7 @@ def resolution(precision: str | torch.dtype) -> float:
 
 def _precision(p: Any) -> tuple[str, torch.dtype]:
     try:
-        dtype = _model.resolve_dtype(p) if p is not None else None
+        dtype = _validate.resolve_dtype(p) if p is not None else None
     except InvalidArgumentError:
         dtype = None
     if dtype not in _NAMES:
@@ -108,7 +108,7 @@ class CollapseCurve:
         if mode not in MODES or (mode == "native" and name not in self.native):
             have = ["rounded"] + (["native"] if name in self.native else [])
             raise InvalidArgumentError(f"mode={mode!r} is not available for {name}: {have}")
-        layer = _model.resolve_index(layer, self.n_layers + 1, name="layer")
+        layer = _validate.resolve_index(layer, self.n_layers + 1, name="layer")
         f = self.frame
         sel = f[(f["precision"] == name) & (f["mode"] == mode) & (f["layer"] == layer)]
         return sel.sort_values("length")
@@ -146,7 +146,7 @@ class CollapseCurve:
             raise InvalidArgumentError(
                 f"metric={metric!r} is not one of l1, linf, rel_l2, rel_linf"
             )
-        layer = _model.resolve_index(layer, self.n_layers + 1, name="layer")
+        layer = _validate.resolve_index(layer, self.n_layers + 1, name="layer")
         df = self.frame[self.frame["layer"] == layer].copy()
         positive = df.loc[df[metric] > 0, metric]
         floor = float(positive.min()) / 10 if len(positive) else 1e-12
@@ -190,7 +190,7 @@ class CollapseCurve:
 
 
 def _lengths(lengths: Any) -> list[int]:
-    return sorted(set(_model.int_list(lengths, name="lengths")))
+    return sorted(set(_validate.int_list(lengths, name="lengths")))
 
 
 def _plan(pairs: Sequence[Pair], share_prefix: bool) -> list[tuple[list[int], list[tuple]]]:
@@ -217,7 +217,7 @@ def _plan(pairs: Sequence[Pair], share_prefix: bool) -> list[tuple[list[int], li
 
 def _execute(model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> dict:
     """Residual states [layer, d_model] at each requested (key) last position."""
-    names = [_model.resid_name(layer) for layer in range(info.n_layers + 1)]
+    names = [_tl.resid_name(layer) for layer in range(info.n_layers + 1)]
     out: dict = {}
     by_len: dict[int, list] = {}
     for run in runs:
@@ -225,10 +225,10 @@ def _execute(model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> di
     for group in by_len.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            toks = _model.prepare_tokens(model, [r[0] for r in chunk], info)
+            toks = _tl.prepare_tokens(model, [r[0] for r in chunk], info)
             positions = sorted({p for r in chunk for _, p in r[1]})
             keep = torch.tensor(positions, device=toks.device)
-            store = _model.capture(
+            store = _tl.capture(
                 model, toks, names, transform=lambda _, x, keep=keep: x.index_select(1, keep)
             )
             states = torch.stack([store[n] for n in names], dim=1)  # [batch, layer, kept, d]
@@ -289,7 +289,7 @@ def collapse_curve(
         task_options: keyword options for the task builder (item, sep, every, prefix, ...).
         progress: show a tqdm bar (default: when more than one forward pass is needed).
     """
-    info = _model.model_info(model)
+    info = _tl.model_info(model)
     ns = _lengths(lengths)
     if isinstance(precisions, (str, torch.dtype)):
         precisions = [precisions]
@@ -312,11 +312,11 @@ def collapse_curve(
                 f"the model's n_ctx={info.n_ctx}"
             )
     runs = _plan(pairs, share_prefix)
-    ref_dtype = _model.model_dtype(model)
+    ref_dtype = _tl.model_dtype(model)
     ref_name = _NAMES.get(ref_dtype, str(ref_dtype))
     natives = [(n, d) for n, d in specs if d != ref_dtype] if run_in_dtype is not False else []
     unavailable: dict[str, str] = {}
-    if run_in_dtype is None and _model.model_device(model).type == "cpu":
+    if run_in_dtype is None and _tl.model_device(model).type == "cpu":
         # fp16 matmuls are emulated on CPUs (measured ~160x slower than bf16 here): opt-in.
         unavailable = {n: _CPU_FP16 for n, d in natives if d == torch.float16}
         natives = [(n, d) for n, d in natives if n not in unavailable]
@@ -333,12 +333,12 @@ def collapse_curve(
             states[ref_name] = ref
         for name, dtype in natives:
             try:
-                with _model.cast_temporarily(model, dtype):
+                with _tl.cast_temporarily(model, dtype):
                     states[name] = _execute(model, runs, info, batch_size, bar)
             except (RuntimeError, NotImplementedError, TypeError) as exc:
                 if run_in_dtype:
                     raise UnsupportedModelError(
-                        f"model {info.name!r} cannot run in {name} on {_model.model_device(model)}"
+                        f"model {info.name!r} cannot run in {name} on {_tl.model_device(model)}"
                         f" ({type(exc).__name__}: {str(exc)[:200]})"
                     ) from exc
                 unavailable[name] = f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -30,9 +30,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError
+from .. import _tl, _validate
+from .._display import frame_html
+from ..errors import InvalidArgumentError
 
 __all__ = ["Sensitivity", "token_sensitivity"]
 
@@ -142,9 +142,9 @@ def token_sensitivity(
         :class:`Sensitivity` with ``values [n_layers, pos]`` (float32, float64 for a float64
         model).
     """
-    info = _model.model_info(model)
-    toks = _model.single_sequence(model, tokens, info)
-    t = _model.resolve_index(target, toks.shape[1], name="target")
+    info = _tl.model_info(model)
+    toks = _tl.single_sequence(model, tokens, info)
+    t = _validate.resolve_index(target, toks.shape[1], name="target")
     if method not in ("exact", "estimate"):
         raise InvalidArgumentError(f"method={method!r} must be 'exact' or 'estimate'")
     probes = _positive_int(n_probes, "n_probes") if method == "estimate" else None
@@ -152,7 +152,7 @@ def token_sensitivity(
         raise InvalidArgumentError(f"seed={seed!r} must be an int")
     run = toks[:, : t + 1]
     m, d, n_layers = run.shape[1], info.d_model, info.n_layers
-    device, dtype = _model.model_device(model), _model.model_dtype(model)
+    device, dtype = _tl.model_device(model), _tl.model_dtype(model)
 
     if probes is None:  # cotangents per layer: one-hot coordinates, or Gaussian probes
         cot = torch.eye(d, dtype=dtype, device=device).expand(n_layers, d, d)
@@ -169,7 +169,7 @@ def token_sensitivity(
     show = progress if progress is not None else len(jobs) > 4
     squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
     try:
-        with torch.enable_grad(), _model.preserved(model, freeze=True):
+        with torch.enable_grad(), _tl.preserved(model, freeze=True):
             leaf, outputs = _forward_from_leaf(model, run, t, n_layers)
             for layer, s in tqdm(jobs, desc="token_sensitivity", disable=not show, leave=False):
                 (grad,) = torch.autograd.grad(
@@ -181,7 +181,7 @@ def token_sensitivity(
                 )  # [chunk, 1, pos, d_model]: one VJP per cotangent
                 squares[layer] += grad.double().square().sum((0, 1, 3))
     finally:
-        _model.release_graphs(model)
+        _tl.release_graphs(model)
     if probes is not None:
         squares /= probes
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -203,8 +203,8 @@ def _forward_from_leaf(
 ) -> tuple[Float[Tensor, "1 pos d_model"], list[Tensor]]:
     """One grad-enabled forward with ``h^(0)`` replaced by a fresh leaf; returns the leaf and
     the target's residual ``[d_model]`` after each block 0..n_layers−1."""
-    name = _model.resid_name(0)
-    leaf = _model.capture(model, run, [name], stop_at_layer=1)[name].requires_grad_(True)
+    name = _tl.resid_name(0)
+    leaf = _tl.capture(model, run, [name], stop_at_layer=1)[name].requires_grad_(True)
     outputs: dict[int, Tensor] = {}
 
     def replace(x: Tensor, hook: Any) -> Tensor:
@@ -217,8 +217,8 @@ def _forward_from_leaf(
         return keep
 
     hooks = [(name, replace)]
-    hooks += [(_model.resid_name(layer), keeper(layer)) for layer in range(1, n_layers + 1)]
-    _model.run_with_hooks(model, run, hooks, grad=True, freeze=True)
+    hooks += [(_tl.resid_name(layer), keeper(layer)) for layer in range(1, n_layers + 1)]
+    _tl.run_with_hooks(model, run, hooks, grad=True, freeze=True)
     return leaf, [outputs[layer] for layer in range(1, n_layers + 1)]
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError, ModelLoadError
+from ..errors import InvalidArgumentError, ModelLoadError
 
 __all__ = ["EMBEDDED_MODEL", "EmbeddedModelInfo", "embedded_model_folder", "embedded_model_card"]
 

@@ -34,8 +34,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _model
-from .errors import InvalidArgumentError
+from .. import _validate
+from ..errors import InvalidArgumentError
 
 __all__ = ["path_counts"]
 
@@ -75,7 +75,7 @@ def path_counts(
     """
     n = _check_int(n_tokens, "n_tokens", minimum=1)
     layers = _check_int(n_layers, "n_layers", minimum=0)
-    t = _model.resolve_index(target, n, name="target")
+    t = _validate.resolve_index(target, n, name="target")
     for flag, name in ((residual_edges, "residual_edges"), (log, "log")):
         if not isinstance(flag, bool):
             raise InvalidArgumentError(f"{name}={flag!r} must be True or False")

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import _model
-from .errors import InvalidArgumentError, InvalidPatternError
+from .. import _tl, _validate
+from ..errors import InvalidArgumentError, InvalidPatternError
 
 __all__ = ["attention_rollout", "attention_rollout_from_model", "oversquashing_bound"]
 
@@ -87,7 +87,7 @@ def attention_rollout(
             "per_head=True needs per-head patterns [layer, head, query, key]; got head-averaged "
             f"patterns of shape {tuple(pats.shape[:1] + pats.shape[2:])}"
         )
-    t = _model.resolve_index(target, pats.shape[-1], name="target")
+    t = _validate.resolve_index(target, pats.shape[-1], name="target")
     res = float(residual)
 
     def rollout_step(layer: _Layer) -> Callable[[Tensor], Tensor]:
@@ -110,8 +110,8 @@ def attention_rollout_from_model(
 ) -> Float[Tensor, "layer pos"] | Float[Tensor, "layer head_index pos"]:
     """:func:`attention_rollout` of one sequence run through ``model`` (patterns captured with
     temporary hooks; the model is left unchanged). ``tokens``: text, ``[pos]`` or ``[1, pos]``."""
-    toks = _model.single_sequence(model, tokens)
-    pats = _model.attention_patterns(model, toks)[0]
+    toks = _tl.single_sequence(model, tokens)
+    pats = _tl.attention_patterns(model, toks)[0]
     return attention_rollout(pats, target=target, residual=residual, per_head=per_head)
 
 
@@ -144,7 +144,7 @@ def oversquashing_bound(
     """
     pats, _ = _as_patterns(patterns)
     n_layers, n = pats.shape[0], pats.shape[-1]
-    t = _model.resolve_index(target, n, name="target")
+    t = _validate.resolve_index(target, n, name="target")
     scale = resolve_beta(beta, n_layers, n)[:, : t + 1].reciprocal().to(pats.device)
 
     def bound_step(layer: _Layer) -> Callable[[Tensor], Tensor]:
@@ -156,14 +156,14 @@ def oversquashing_bound(
 # --------------------------------------------------------------------------- inputs
 def _as_patterns(patterns: Any) -> tuple[Tensor, bool]:
     """``([layer, head, query, key] tensor, was_head_averaged)`` from any accepted input."""
-    if _model.is_activation_cache(patterns):
-        batch = _model.cache_pattern_batch(patterns)
+    if _tl.is_activation_cache(patterns):
+        batch = _tl.cache_pattern_batch(patterns)
         if batch != 1:
             raise InvalidPatternError(
                 f"the ActivationCache holds attention for {batch} sequences; analyses here take "
                 "one sequence (run_with_cache on a single prompt)"
             )
-        patterns = _model.patterns_from_cache(patterns)
+        patterns = _tl.patterns_from_cache(patterns)
     if not isinstance(patterns, Tensor):
         raise InvalidPatternError(
             f"patterns={type(patterns).__name__} is neither a tensor nor an ActivationCache"

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .errors import InvalidArgumentError
 
-__all__ = ["resolve_dtype", "resolve_index", "resolve_positions", "int_list"]
+__all__ = ["resolve_dtype", "resolve_index", "resolve_positions", "int_list", "short"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -104,3 +104,9 @@ def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> 
             )
             raise InvalidArgumentError(f"{name} contains {n!r}; {name} must be {need}")
     return [int(n) for n in out]
+
+
+def short(x: Any, limit: int = 60) -> str:
+    """``repr(x)`` cut to ``limit`` characters, for error messages."""
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import _model
-from ._display import frame_html
-from .errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
-from .glasses import Intervention, applied, describe
-from .glasses import adaptive_temperature as _adaptive
-from .tasks import RANDOM_TASKS, REMEDIES, applicable_remedies, task_prompt
+from .. import _tl, _validate
+from .._display import frame_html
+from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
+from ..glasses import Intervention, applied, describe
+from ..glasses import adaptive_temperature as _adaptive
+from .prompts import RANDOM_TASKS, REMEDIES, applicable_remedies, task_prompt
 
 __all__ = ["AccuracyReport", "task_accuracy", "read_answer"]
 
@@ -94,7 +94,7 @@ def _greedy(model: Any, toks: torch.Tensor, steps: int) -> torch.Tensor:
     """``steps`` greedy tokens after each row of ``toks`` (no KV cache: short answers)."""
     out = toks
     for _ in range(steps):
-        logits = _model.run_with_hooks(model, out, [])
+        logits = _tl.run_with_hooks(model, out, [])
         out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return out[:, toks.shape[1] :]
 
@@ -130,13 +130,13 @@ def task_accuracy(
         intervention: any other intervention accepted by ``glasses.applied``.
         extra_tokens: greedy tokens decoded beyond the answer's own length (a leading space).
     """
-    info = _model.model_info(model)
-    tokenizer = _model.text_tokenizer(model)
+    info = _tl.model_info(model)
+    tokenizer = _tl.text_tokenizer(model)
     if tokenizer is None:
         raise UnsupportedModelError(
             f"model {info.name!r} has no tokenizer; task_accuracy compares decoded text answers"
         )
-    ns = sorted(set(_model.int_list(lengths, name="lengths", minimum=None)))
+    ns = sorted(set(_validate.int_list(lengths, name="lengths", minimum=None)))
     checks = (("n_samples", n_samples, 1), ("batch_size", batch_size, 1))
     for name, value, low in (*checks, ("extra_tokens", extra_tokens, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -183,7 +183,7 @@ def task_accuracy(
     show = progress if progress is not None else len(chunks) > 1
     with applied(model, ctx):
         for chunk in tqdm(chunks, desc=f"task_accuracy {task}", disable=not show, leave=False):
-            toks = _model.prepare_tokens(model, torch.stack([p.tokens for p, _, _ in chunk]), info)
+            toks = _tl.prepare_tokens(model, torch.stack([p.tokens for p, _, _ in chunk]), info)
             generated = _greedy(model, toks, max(k for _, _, k in chunk)).cpu()
             for (prompt, s, k), gen in zip(chunk, generated):
                 text = tokenizer.decode(gen[:k].tolist())

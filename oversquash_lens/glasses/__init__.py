@@ -1,0 +1,23 @@
+"""'Glasses': interventions that change how a model attends (docs/science.md §6-7), all
+context managers that restore the model on exit, composable, and accepted wherever an analysis
+takes ``intervention=`` (the protocol: :mod:`.protocol`)."""
+
+from .protocol import Intervention as Intervention
+from .protocol import applied as applied
+from .protocol import describe as describe
+from .temperature import COEFFICIENTS as COEFFICIENTS
+from .temperature import adaptive_beta as adaptive_beta
+from .temperature import adaptive_pattern as adaptive_pattern
+from .temperature import adaptive_softmax as adaptive_softmax
+from .temperature import adaptive_temperature as adaptive_temperature
+
+__all__ = [
+    "Intervention",
+    "applied",
+    "describe",
+    "COEFFICIENTS",
+    "adaptive_beta",
+    "adaptive_softmax",
+    "adaptive_pattern",
+    "adaptive_temperature",
+]

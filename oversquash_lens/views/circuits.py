@@ -1,0 +1,213 @@
+"""Views: circuitsvis token/attention views and plotly figures, saved as self-contained HTML.
+
+Every view renders with no network: circuitsvis' own ``local_src`` (its JS bundle inlined) is
+used for Jupyter display — never its internet probe — and :func:`save_html` writes a file with
+the circuitsvis bundle and plotly.js inlined exactly once, however many views it holds.
+
+Example:
+    >>> view = colored_tokens_multi(["a", "b"], {"sensitivity": [0.1, 0.9]})
+    >>> save_html([view, profile.plot()], "report.html")
+"""
+
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+
+__all__ = [
+    "View",
+    "colored_tokens",
+    "colored_tokens_multi",
+    "attention_heads",
+    "save_html",
+    "html_document",
+    "MAX_ATTENTION_TOKENS",
+]
+
+#: Per-token values: a tensor, a numpy array or a list of numbers, one per token.
+Values = Float[Tensor, " pos"] | np.ndarray | Sequence[float | int]
+
+#: Attention views keep at most this many (final) positions so a page never freezes.
+MAX_ATTENTION_TOKENS = 256
+
+
+@lru_cache(maxsize=1)
+def _bundle() -> str:
+    """circuitsvis' browser bundle exactly as its ``render_local`` inlines it."""
+    import circuitsvis
+
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return path.read_text(encoding="utf-8").replace("</script>", "")
+
+
+@dataclass(frozen=True)
+class View:
+    """One circuitsvis view: ``_repr_html_`` is self-contained (bundle inlined, no network)."""
+
+    rendered: Any  # circuitsvis RenderedHTML
+    title: str = ""
+
+    def _repr_html_(self) -> str:
+        head = f"<h4>{html.escape(self.title)}</h4>" if self.title else ""
+        return head + _close_div(self.rendered.local_src)
+
+    def body(self) -> str:
+        """The view's div and render call without the bundle (the page inlines it once)."""
+        return _close_div(self.rendered.local_src.replace(_bundle(), ""))
+
+
+_SELF_CLOSED_DIV = re.compile(r'(<div id="circuits-vis-[^"]*"[^>]*?)\s*/>')
+
+
+def _close_div(source: str) -> str:
+    """circuitsvis writes ``<div id=.../>``; HTML has no self-closing div, so whatever follows
+    would be nested inside it and wiped when React renders. Close it explicitly."""
+    return _SELF_CLOSED_DIV.sub(r"\1></div>", source, count=1)
+
+
+def _as_list(values: Any) -> list[float]:
+    if isinstance(values, Tensor):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).tolist()
+
+
+def colored_tokens(tokens: Sequence[str], values: Values, *, title: str = "") -> View:
+    """Tokens colored by one value each (e.g. measured sensitivity toward the target)."""
+    import circuitsvis.tokens as cvt
+
+    vals = _as_list(values)
+    _check_len(tokens, vals)
+    return View(cvt.colored_tokens(list(map(str, tokens)), vals), title)
+
+
+def colored_tokens_multi(
+    tokens: Sequence[str],
+    measures: Mapping[str, Values],
+    *,
+    title: str = "",
+) -> View:
+    """Tokens colored by several switchable measures (buttons), e.g. log path counts, rollout,
+    Theorem 5.1 bound and measured Jacobian sensitivity side by side."""
+    import circuitsvis.tokens as cvt
+
+    if not measures:
+        raise InvalidArgumentError("measures={} is empty: give at least one named measure")
+    columns = []
+    for name, vals in measures.items():
+        col = _as_list(vals)
+        _check_len(tokens, col, name=name)
+        columns.append(col)
+    matrix = torch.tensor(np.array(columns, dtype=np.float32).T)
+    rendered = cvt.colored_tokens_multi(list(map(str, tokens)), matrix, list(measures))
+    return View(rendered, title)
+
+
+def attention_heads(
+    attention: Tensor,
+    tokens: Sequence[str],
+    *,
+    head_names: Sequence[str] | None = None,
+    max_tokens: int = MAX_ATTENTION_TOKENS,
+    title: str = "",
+) -> View:
+    """circuitsvis attention-heads view of a ``[head_index, query_pos, key_pos]`` pattern; long
+    sequences keep only the last ``max_tokens`` positions (rows and columns) so the page stays
+    responsive. (The shape is validated by hand, with an OversquashError naming it.)"""
+    import circuitsvis.attention as cva
+
+    attention = torch.as_tensor(attention).detach().float().cpu()
+    if attention.ndim != 3 or attention.shape[1] != attention.shape[2]:
+        raise InvalidArgumentError(
+            f"attention must be [head, query, key] with query == key, got {tuple(attention.shape)}"
+        )
+    _check_len(tokens, range(attention.shape[-1]), name="attention positions")
+    names = list(head_names) if head_names is not None else None
+    if names is not None and len(names) != attention.shape[0]:
+        raise InvalidArgumentError(
+            f"head_names has {len(names)} names for {attention.shape[0]} heads"
+        )
+    tokens = list(map(str, tokens))
+    if len(tokens) > max_tokens:
+        attention = attention[:, -max_tokens:, -max_tokens:]
+        tokens = tokens[-max_tokens:]
+        title = f"{title} (last {max_tokens} tokens)".strip()
+    return View(cva.attention_heads(attention, tokens, attention_head_names=names), title)
+
+
+def _check_len(tokens: Sequence[Any], values: Sequence[Any], *, name: str = "values") -> None:
+    if len(tokens) == 0:
+        raise InvalidArgumentError("tokens=[] is empty: nothing to draw")
+    if len(tokens) != len(values):
+        raise InvalidArgumentError(f"{len(tokens)} tokens but {len(values)} {name}")
+
+
+def _is_figure(obj: Any) -> bool:
+    return type(obj).__module__.startswith("plotly") and hasattr(obj, "to_html")
+
+
+def _fragment(item: Any) -> tuple[str, bool, bool]:
+    """HTML of one item, and whether it needs the circuitsvis bundle / plotly.js."""
+    if isinstance(item, View):
+        head = f"<h3>{html.escape(item.title)}</h3>" if item.title else ""
+        return head + item.body(), True, False
+    if type(item).__name__ == "RenderedHTML":
+        return _close_div(item.local_src.replace(_bundle(), "")), True, False
+    if _is_figure(item):
+        return item.to_html(full_html=False, include_plotlyjs=False), False, True
+    if isinstance(item, str):
+        return item, False, False
+    if hasattr(item, "_repr_html_"):
+        return item._repr_html_(), False, False
+    raise InvalidArgumentError(
+        f"cannot put {type(item).__name__} in an HTML page: give a View, a plotly figure, "
+        "a result object or an HTML string"
+    )
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+h1, h2 { border-bottom: 1px solid #ccc; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def html_document(items: Iterable[Any], *, title: str = "oversquash_lens") -> str:
+    """One self-contained page: each item's HTML, with the circuitsvis bundle and plotly.js
+    inlined at most once each."""
+    parts, need_cv, need_plotly = [], False, False
+    for item in items:
+        frag, cv, pl = _fragment(item)
+        parts.append(frag)
+        need_cv |= cv
+        need_plotly |= pl
+    head = [f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}</style>"]
+    if need_cv:
+        head.append(f"<script>{_bundle()}</script>")
+    if need_plotly:
+        from plotly.offline import get_plotlyjs
+
+        head.append(f"<script>{get_plotlyjs()}</script>")
+    body = "\n".join(parts)
+    return f"<!DOCTYPE html><html><head>{''.join(head)}</head><body>{body}</body></html>"
+
+
+def save_html(view: Any, path: str | Path, *, title: str = "oversquash_lens") -> Path:
+    """Write a view, a figure, a result object, or a list of them, to one self-contained HTML
+    file that renders with no network access. Returns the path."""
+    items = view if isinstance(view, (list, tuple)) else [view]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html_document(items, title=title), encoding="utf-8")
+    return path
