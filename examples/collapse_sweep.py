@@ -1,4 +1,4 @@
-"""Representational collapse sweep (PAPER.md §2): gap between the last-token residuals of
+"""Representational collapse sweep (docs/science.md §2): gap between the last-token residuals of
 `1 … 1` (n items) and `1 … 1 1` (n+1) per length, layer and precision, and the crossing length.
 
     python examples/collapse_sweep.py                       # embedded SmolLM2-135M-Instruct

@@ -1,4 +1,4 @@
-"""Counting / copying accuracy vs length (PAPER.md §6), with and without the "glasses":
+"""Counting / copying accuracy vs length (docs/science.md §6), with and without the "glasses":
 separators, hints, interleaving, repeating the final item, adaptive temperature.
 
     python examples/counting_accuracy.py                          # copy-last on the embedded model

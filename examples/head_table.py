@@ -1,4 +1,4 @@
-"""Head table (PAPER.md §4): diagonal, previous-token, BOS-sink and no-op heads, with their
+"""Head table (docs/science.md §4): diagonal, previous-token, BOS-sink and no-op heads, with their
 scores, write ratio, ablation effect and OV eigenvalue summary.
 
     python examples/head_table.py                  # embedded model, ablations included
@@ -21,7 +21,7 @@ DEFAULT_TEXTS = [
     "What is the last digit in this sequence? 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3. Answer:",
 ]
 COLUMNS = [
-    "layer",
+    "block",
     "head",
     "label",
     "diag_mass",
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 index=False, float_format="{:.3g}".format
             )
         )
-    by_layer = frame.groupby("layer")["first_mass"].mean()
+    by_layer = frame.groupby("block")["first_mass"].mean()
     half = len(by_layer) // 2
     print(
         f"\nmean first-token attention: first half of layers {by_layer.iloc[:half].mean():.3f}, "

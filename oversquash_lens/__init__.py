@@ -26,6 +26,8 @@ from .flow import oversquashing_bound as oversquashing_bound
 from .flow import path_counts as path_counts
 from .flow import token_sensitivity as token_sensitivity
 from .glasses import adaptive_temperature as adaptive_temperature
+from .glasses import scalable_softmax as scalable_softmax
+from .glasses import sliding_window as sliding_window
 from .heads import HeadReport as HeadReport
 from .heads import classify_heads as classify_heads
 from .heads import pattern_scores as pattern_scores
@@ -54,6 +56,8 @@ __all__ = [
     "AccuracyReport",
     "task_accuracy",
     "adaptive_temperature",
+    "sliding_window",
+    "scalable_softmax",
     "HeadReport",
     "classify_heads",
     "pattern_scores",

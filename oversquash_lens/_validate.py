@@ -1,8 +1,12 @@
-"""Validation of plain arguments shared by every module: dtype names, position indices and
-position selections (bad values raise InvalidArgumentError naming them)."""
+"""The one validation module: every plain argument of the public API is checked here — ints,
+numbers (finite), flags (real bools only), choices, dtypes, position indices and selections,
+block lists, option mappings, context sizes — and every bad value raises
+:class:`~oversquash_lens.errors.InvalidArgumentError` naming it (docs/architecture.md,
+"Guarantees")."""
 
+import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,7 +15,22 @@ from torch import Tensor
 
 from .errors import InvalidArgumentError
 
-__all__ = ["resolve_dtype", "resolve_index", "resolve_positions", "int_list", "short"]
+__all__ = [
+    "resolve_dtype",
+    "resolve_index",
+    "resolve_positions",
+    "int_list",
+    "positive_int",
+    "block_indices",
+    "short",
+    "integer",
+    "number",
+    "flag",
+    "choice",
+    "fits_context",
+    "options",
+    "progress_flag",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -22,6 +41,11 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
     "half": torch.float16,
+    # 8-bit storage formats (OCP FP8): only as rounding targets, torch cannot run a model in them
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "fp8_e5m2": torch.float8_e5m2,
 }
 
 
@@ -106,7 +130,135 @@ def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> 
     return [int(n) for n in out]
 
 
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as a Python int >= 1 (Python, numpy or 0-d tensor integers); bools, floats,
+    strings, NaN and values < 1 raise InvalidArgumentError naming the value."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if not _is_int(value) or value < 1:
+        raise InvalidArgumentError(f"{name}={short(value)} must be a positive int")
+    return int(value)
+
+
+def block_indices(layers: Any, n_layers: int, *, name: str = "layers") -> list[int]:
+    """Blocks chosen by ``layers``: None = all ``0..n_layers-1``; an int or a list of ints,
+    negatives counting from the end (−1 = last block). Returned normalised to ``0..n_layers-1``,
+    deduplicated, in the order given. An empty list selects no block."""
+    if layers is None:
+        return list(range(n_layers))
+    if hasattr(layers, "tolist") and not isinstance(layers, (str, bytes)):
+        layers = layers.tolist()
+    if _is_int(layers):
+        layers = [layers]
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise InvalidArgumentError(f"{name}={short(layers)} must be None, a block index or a list")
+    out: list[int] = []
+    for b in layers:
+        if not _is_int(b) or not -n_layers <= b < n_layers:
+            raise InvalidArgumentError(
+                f"{name} contains {short(b)}, not a block index of a {n_layers}-block model "
+                f"(ints in -{n_layers}..{n_layers - 1})"
+            )
+        out.append(int(b) % n_layers)
+    return list(dict.fromkeys(out))
+
+
 def short(x: Any, limit: int = 60) -> str:
     """``repr(x)`` cut to ``limit`` characters, for error messages."""
     text = repr(x)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def integer(
+    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """``value`` as a Python int (Python, numpy or 0-d integer tensors) within
+    ``[minimum, maximum]``; bools, floats, strings and out-of-range values raise
+    InvalidArgumentError naming the value. The one integer check of the package."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if not _is_int(value):
+        raise InvalidArgumentError(f"{name}={short(value)} must be an int")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else str(minimum)
+        hi = "inf" if maximum is None else str(maximum)
+        raise InvalidArgumentError(f"{name}={value} is outside [{lo}, {hi}]")
+    return int(value)
+
+
+def number(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_min: bool = False,
+    open_max: bool = False,
+) -> float:
+    """``value`` as a finite Python float within the given bounds (``open_*``: strict);
+    bools, strings, NaN and inf raise InvalidArgumentError naming the value."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name}={short(value)} must be a number")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InvalidArgumentError(f"{name}={out!r} must be a finite number")
+    below = minimum is not None and (out <= minimum if open_min else out < minimum)
+    above = maximum is not None and (out >= maximum if open_max else out > maximum)
+    if below or above:
+        lo = "(" if open_min else "["
+        hi = ")" if open_max else "]"
+        low = "-inf" if minimum is None else f"{minimum:g}"
+        high = "inf" if maximum is None else f"{maximum:g}"
+        raise InvalidArgumentError(f"{name}={out:g} is outside {lo}{low}, {high}{hi}")
+    return out
+
+
+def flag(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (numpy bools too); anything else — notably the strings
+    ``'no'``/``'false'``, which are truthy — raises InvalidArgumentError naming it."""
+    if type(value).__name__ == "bool_":  # numpy.bool_
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name}={short(value)} must be True or False")
+    return value
+
+
+def choice(value: Any, name: str, options: Iterable[str]) -> str:
+    """``value`` if it is one of ``options`` (strings), else InvalidArgumentError listing them."""
+    allowed = list(options)
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidArgumentError(f"{name}={short(value)} is not one of {allowed}")
+    return value
+
+
+def fits_context(
+    lengths: Sequence[int], n_ctx: int, *, name: str = "lengths", extra: int = 0
+) -> None:
+    """Refuse, before any prompt is built, a length whose ``n + extra`` items alone exceed the
+    model's context (every item takes at least one token): building a 10**9-item prompt
+    first would exhaust memory before the proper error."""
+    too_long = [n for n in lengths if n + extra > n_ctx]
+    if too_long:
+        raise InvalidArgumentError(
+            f"{name} contains {too_long[0]}: {too_long[0] + extra} items cannot fit in the "
+            f"model's n_ctx={n_ctx} (each item is at least one token)"
+        )
+
+
+def options(value: Any, name: str) -> dict[str, Any]:
+    """``value`` (None or a mapping with string keys) as a new dict; anything else — a string,
+    a number, a list — raises InvalidArgumentError naming it."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidArgumentError(
+            f"{name}={short(value)} must be a dict of keyword options, e.g. {{'sep': ','}}"
+        )
+    return dict(value)
+
+
+def progress_flag(progress: Any, default: bool) -> bool:
+    """``progress`` (None = ``default``, else a bool) for tqdm's ``disable=not ...``."""
+    return default if progress is None else flag(progress, "progress")

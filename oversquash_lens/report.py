@@ -194,10 +194,10 @@ def build_report(
     if len(flagged):
         patterns = _tl.attention_patterns(model, head_tokens)[0]
         chosen = flagged.head(config.max_attention_views)
-        layers = torch.as_tensor(chosen["layer"].tolist(), dtype=torch.long)
+        layers = torch.as_tensor(chosen["block"].tolist(), dtype=torch.long)
         heads = torch.as_tensor(chosen["head"].tolist(), dtype=torch.long)
         attn = patterns[layers, heads]
-        names = [f"L{r.layer}H{r.head} {r.label}" for r in chosen.itertuples()]
+        names = [f"L{r.block}H{r.head} {r.label}" for r in chosen.itertuples()]
         items.append(
             viz.attention_heads(
                 attn,

@@ -1,4 +1,4 @@
-"""Adaptive temperature ('glasses', PAPER.md §6) against an independent numpy reference."""
+"""Adaptive temperature ('glasses', docs/science.md §6) against an independent numpy reference."""
 
 import math
 

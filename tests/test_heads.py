@@ -57,7 +57,7 @@ def test_planted_heads_get_their_labels_and_no_other_head_does(planted):
     assert_unchanged(planted, snap)
     expected = [[PLANTED.get(h, "mixing") for h in range(H)], ["mixing"] * H]
     assert [list(row) for row in report.labels] == expected
-    frame = report.to_dataframe().set_index(["layer", "head"])
+    frame = report.to_dataframe().set_index(["block", "head"])
     for head, column in [(0, "diag_min"), (2, "first_mass"), (4, "prev_min"), (6, "diag_min")]:
         assert frame.loc[(0, head), column] > 0.999
     assert frame.loc[(0, 8), "is_diagonal"] and frame.loc[(0, 4), "is_previous"]

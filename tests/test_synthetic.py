@@ -1,4 +1,4 @@
-"""Synthetic reproductions of PAPER.md §2 against closed forms and brute-force references."""
+"""Synthetic reproductions of docs/science.md §2 against closed forms and brute-force references."""
 
 import math
 from fractions import Fraction
@@ -32,7 +32,7 @@ def test_equal_logit_collision_first_190_and_bands():
     frac = synthetic.softmax_collisions()["fraction"].tolist()
     exact = [sum(ref[lo - 1 : hi - 1]) / (hi - lo) for lo, hi in synthetic_bands()]
     assert frac == pytest.approx(exact)
-    assert frac == pytest.approx([0.0, 0.17, 0.5, 0.75], abs=0.01)  # PAPER.md §2
+    assert frac == pytest.approx([0.0, 0.17, 0.5, 0.75], abs=0.01)  # docs/science.md §2
 
 
 def synthetic_bands():

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from oversquash_lens import OversquashError, tasks
+from oversquash_lens import OversquashError, tasks, testing
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,14 @@ def test_raw_ids_without_tokenizer():
     pair = tasks.repeated_pair(None, 3, item=7, bos=0, prefix=[9, 9])
     assert pair.base.tolist() == [0, 9, 9, 7, 7, 7]
     assert pair.extended.tolist() == [0, 9, 9, 7, 7, 7, 7]
-    sym = tasks.repeated_pair(None, 2, sep=",", every=1)  # default symbols, no BOS
-    d = tasks.DEFAULT_SYMBOLS
+    d = testing.TINY_SYMBOLS
+    sym = tasks.repeated_pair(None, 2, sep=",", every=1, symbols=d)  # no BOS
+    with pytest.raises(OversquashError, match="no tokenizer"):  # no ids are ever assumed
+        tasks.repeated_pair(None, 2)
     assert sym.base.tolist() == [d["1"], d[","], d["1"]]
     multi = tasks.repeated_pair(None, 2, item=[3, 4])
     assert multi.extended.tolist() == [3, 4, 3, 4, 3, 4]
-    counting = tasks.task_pair(None, "count-ones", 2)  # template text is dropped
+    counting = tasks.task_pair(None, "count-ones", 2, symbols=d)  # template text is dropped
     assert counting.base.tolist() == [d["1"]] * 2
     with pytest.raises(OversquashError, match="no tokenizer"):
         tasks.repeated_pair(None, 2, item="x")

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._validate import short as _short
 from ..errors import UnsupportedModelError
-from .names import pattern_name
+from .names import pattern_name, post_attn_norm_names
 
 
 def bridge_class() -> Any:
@@ -157,3 +157,129 @@ def ln1_scale(model: Any, block: int) -> Float[Tensor, " d_model"] | None:
         return None
     weight = weight.detach()
     return 1.0 + weight if getattr(model.cfg, "rmsnorm_uses_offset", False) else weight
+
+
+def b_o(model: Any, block: int) -> Float[Tensor, " d_model"] | None:
+    """Attention output bias of ``block`` (detached), or None when the model has none."""
+    bias = getattr(model.blocks[block].attn, "b_O", None)
+    return bias.detach() if isinstance(bias, Tensor) else None
+
+
+def has_post_attn_norm(model: Any, block: int) -> bool:
+    """Whether ``block`` normalises its attention output before adding it to the residual
+    (Gemma 2/3 ``ln1_post``): its hooks are then :func:`.names.post_attn_norm_names`."""
+    hook_dict = getattr(model, "hook_dict", None)
+    return isinstance(hook_dict, dict) and all(n in hook_dict for n in post_attn_norm_names(block))
+
+
+def _hf_config(model: Any) -> Any | None:
+    """The wrapped Hugging Face config of a TransformerBridge (None for native/legacy models)."""
+    try:
+        hf_model = model.original_model
+    except Exception:  # native bridges have none; the property may raise
+        return None
+    return getattr(hf_model, "config", None)
+
+
+def _layer_kinds(config: Any, n_layers: int) -> list[str] | None:
+    for key in ("layer_types", "attn_types", "attention_layers"):  # HF v5 / TL legacy / GPT-Neo
+        kinds = getattr(config, key, None)
+        if isinstance(kinds, (list, tuple)) and len(kinds) == n_layers:
+            return [str(k) for k in kinds]
+    return None
+
+
+def attention_windows(model: Any) -> list[int | None]:
+    """Per block: the sliding-window size of a local attention layer — query ``i`` sees key
+    ``j`` iff ``0 <= i - j < window`` (Hugging Face's ``sliding_window``, TransformerLens'
+    ``window_size``) — or ``None`` for full causal (global) attention.
+
+    Read from the model's config (``layer_types`` + ``sliding_window`` in transformers 5, e.g.
+    Gemma 2/3, Qwen2; ``attn_types`` + ``window_size`` in TransformerLens configs, e.g. GPT-Neo),
+    falling back to the wrapped Hugging Face config of a TransformerBridge. A config with a
+    ``sliding_window`` but no per-layer types (Mistral) windows every layer unless
+    ``use_sliding_window`` is false. Only sliding windows count: chunked attention and the
+    like are reported as ``None``.
+    """
+    cfg = model.cfg
+    n_layers = int(cfg.n_layers)
+    configs = [c for c in (cfg, _hf_config(model)) if c is not None]
+
+    def window_of(config: Any) -> int | None:
+        for key in ("sliding_window", "window_size"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    window = next((w for w in map(window_of, configs) if w is not None), None)
+    for config in configs:
+        kinds = _layer_kinds(config, n_layers)
+        if kinds is not None:
+            local = [k.lower() in ("sliding_attention", "local", "sliding") for k in kinds]
+            if any(local) and window is None:
+                raise UnsupportedModelError(
+                    f"model {getattr(cfg, 'model_name', '')!r} has local attention layers "
+                    f"({kinds}) but no sliding_window / window_size in its config"
+                )
+            return [window if is_local else None for is_local in local]
+    if window is not None and any(
+        getattr(c, "sliding_window", None) for c in configs
+    ):  # Mistral-style: one window for every layer
+        if all(getattr(c, "use_sliding_window", True) is not False for c in configs):
+            return [window] * n_layers
+    return [None] * n_layers
+
+
+def w_q(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
+    """Query projection of every query head of ``block`` (detached)."""
+    return model.blocks[block].attn.W_Q.detach()
+
+
+def w_k(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
+    """Key projection per *query* head (grouped K/V heads repeated to match), detached."""
+    wk = model.blocks[block].attn.W_K.detach()
+    if wk.ndim == 3 and wk.shape[0] != model.cfg.n_heads:
+        wk = wk.repeat_interleave(model.cfg.n_heads // wk.shape[0], dim=0)
+    return wk
+
+
+def b_v(model: Any, block: int) -> Float[Tensor, "head_index d_head"] | None:
+    """Value bias per *query* head (grouped heads repeated), detached, or None when absent."""
+    bias = getattr(model.blocks[block].attn, "b_V", None)
+    if not isinstance(bias, Tensor):
+        return None
+    bias = bias.detach()
+    if bias.ndim == 2 and bias.shape[0] != model.cfg.n_heads:
+        bias = bias.repeat_interleave(model.cfg.n_heads // bias.shape[0], dim=0)
+    return bias
+
+
+def find_module(model: Any, path: str) -> Any | None:
+    """The submodule at a dotted ``path`` (``"blocks.3.ln1"``, ``"ln_final"``), or None."""
+    module = model
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def norm_params(
+    model: Any, path: str
+) -> tuple[Float[Tensor, " d_model"] | None, Float[Tensor, " d_model"] | None]:
+    """``(scale, bias)`` a norm module at ``path`` applies after dividing by its per-position
+    scale (detached; None where absent, e.g. TL's folded ``LayerNormPre``). Gemma-style RMSNorm
+    (``cfg.rmsnorm_uses_offset``) scales by ``1 + weight``."""
+    norm = find_module(model, path)
+    weight, bias = getattr(norm, "w", None), getattr(norm, "b", None)
+    weight = weight.detach() if isinstance(weight, Tensor) else None
+    if weight is not None and getattr(model.cfg, "rmsnorm_uses_offset", False):
+        weight = 1.0 + weight
+    return weight, bias.detach() if isinstance(bias, Tensor) else None
+
+
+def unembed(model: Any) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"] | None]:
+    """``(W_U, b_U)`` of the unembedding (detached; ``b_U`` None when absent)."""
+    bias = getattr(model, "b_U", None)
+    return model.W_U.detach(), bias.detach() if isinstance(bias, Tensor) else None

@@ -1,4 +1,4 @@
-"""Model state guards: every call leaves the model as it found it (ARCHITECTURE.md,
+"""Model state guards: every call leaves the model as it found it (docs/architecture.md,
 "Guarantees"): train/eval flags, ``requires_grad``, dtype (temporary casts are undone
 bitwise), no autograd graph left on modules, and a hook counter to prove no hook leaked."""
 

@@ -1,4 +1,4 @@
-"""Residual-stream capture: the per-layer token states v_i^(ℓ) of PAPER.md §1.
+"""Residual-stream capture: the per-layer token states v_i^(ℓ) of docs/science.md §1.
 
 ``capture_residuals`` keeps only the requested query positions inside the hooks, so memory is
 proportional to the kept positions, never to a full ``run_with_cache``.

@@ -1,4 +1,4 @@
-"""Representational collapse probe (PAPER.md §2, Thm 4.2).
+"""Representational collapse probe (docs/science.md §2, Thm 4.2).
 
 For a pair v = [u, a], v* = [u, a, a] (``oversquash_lens.tasks``) the last-token residuals
 v_n^(ℓ) and v*_{n+1}^(ℓ) get arbitrarily close as n grows. ``collapse_curve`` measures, per
@@ -10,6 +10,14 @@ Precision modes:
   (round-to-nearest-even) before comparing.
 - ``"native"``: the model actually run with its floating parameters and buffers in that dtype
   (``_tl.cast_temporarily``: the original tensors are put back afterwards, bitwise).
+
+8-bit formats (docs/science.md, "Windowed attention and scalable softmax"): ``float8_e4m3fn``
+(3 mantissa bits, resolution 2^-3, largest finite 448, no infinity) and ``float8_e5m2`` (2 bits,
+2^-2, largest 57344) are rounding targets only: torch has no kernels to run a whole model in
+them, so they are never run natively (``run_in_dtype=True`` with one refuses; ``None`` lists
+them in ``unavailable``). Rounding saturates: values beyond the largest finite number become
+it (the "satfinite" conversion; torch's own e4m3fn cast already does this, e5m2 would give inf),
+so two coordinates that both overflow compare equal, as fp8 storage would hold them.
 
 Resolution (``collapsed`` column, used by ``crossing_length``): the pair is *collapsed* at a
 precision when the states are identical in it, or their relative L∞ gap
@@ -50,7 +58,15 @@ _NAMES = {
     torch.bfloat16: "bfloat16",
     torch.float16: "float16",
     torch.float64: "float64",
+    torch.float8_e4m3fn: "float8_e4m3fn",
+    torch.float8_e5m2: "float8_e5m2",
 }
+#: Storage-only precisions: rounded to, never run in (no whole-model fp8 kernels in torch).
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FP8_NATIVE = (
+    "8-bit floats are storage formats: torch cannot run a whole model in them; the states are "
+    "rounded only"
+)
 MODES = ("rounded", "native")
 COLUMNS = [
     "length", "layer", "precision", "mode", "l1", "linf", "rel_l2", "rel_linf", "identical",
@@ -62,8 +78,18 @@ _CPU_FP16 = "float16 on CPU is emulated (very slow); run_in_dtype=True runs it a
 
 
 def resolution(precision: str | torch.dtype) -> float:
-    """Machine epsilon of ``precision``: the relative-L∞ threshold of ``collapsed``."""
+    """Machine epsilon of ``precision``: the relative-L∞ threshold of ``collapsed`` (2^-7
+    bfloat16, 2^-10 float16, 2^-3 float8_e4m3fn, 2^-2 float8_e5m2)."""
     return float(torch.finfo(_precision(precision)[1]).eps)
+
+
+def _round(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` rounded to ``dtype`` (nearest-even); 8-bit formats saturate at their largest
+    finite value instead of overflowing."""
+    if dtype in FP8:
+        big = torch.finfo(dtype).max
+        x = x.clamp(-big, big)
+    return x.to(dtype)
 
 
 def _precision(p: Any) -> tuple[str, torch.dtype]:
@@ -122,7 +148,7 @@ class CollapseCurve:
         criterion: str = "collapsed",
     ) -> int | None:
         """Smallest measured n from which the pair stays collapsed at every larger measured n
-        (PAPER.md §2 'crossing length'); None if it is not collapsed at the largest n.
+        (docs/science.md §2 'crossing length'); None if it is not collapsed at the largest n.
         ``criterion="identical"`` asks for bit-identical states instead of the resolution."""
         if criterion not in ("collapsed", "identical"):
             raise InvalidArgumentError(
@@ -267,7 +293,7 @@ def collapse_curve(
     task_options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> CollapseCurve:
-    """Collapse curve of ``task`` (PAPER.md §2): per length n in ``lengths``, layer
+    """Collapse curve of ``task`` (docs/science.md §2): per length n in ``lengths``, layer
     ℓ = 0..n_layers and precision, the gap between the last-token residuals of the pair.
 
     Example:
@@ -279,10 +305,12 @@ def collapse_curve(
         model: a TransformerBridge or HookedTransformer (never modified).
         lengths: numbers of items n (the base has n items, the extension n+1 for repeats).
         task: a name from ``oversquash_lens.tasks.pair_tasks()``.
-        precisions: dtype names among float32, bfloat16, float16, float64.
+        precisions: dtype names among float32, bfloat16, float16, float64, float8_e4m3fn,
+            float8_e5m2 (the 8-bit ones rounded only, see the module docstring).
         run_in_dtype: also run the model natively in each precision: None = where it works
-            and is fast (not float16 on CPU; skipped ones listed with the reason in
-            ``unavailable``), True = all of them (error if one fails), False = rounded only.
+            and is fast (not float16 on CPU, never 8-bit; skipped ones listed with the reason
+            in ``unavailable``), True = all of them (error if one fails or is 8-bit), False =
+            rounded only.
         batch_size: most sequences per forward pass.
         share_prefix: read prefix sequences from the longer run (exact for causal models).
         intervention: e.g. ``oversquash_lens.glasses.adaptive_temperature`` (see ``applied``).
@@ -303,6 +331,12 @@ def collapse_curve(
         raise InvalidArgumentError(f"run_in_dtype={run_in_dtype!r} must be None, True or False")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
+    if run_in_dtype is True and any(d in FP8 for _, d in specs):
+        bad = [n for n, d in specs if d in FP8]
+        raise InvalidArgumentError(
+            f"run_in_dtype=True with precisions {bad}: {_FP8_NATIVE}; use run_in_dtype=None "
+            "(native where possible) or False"
+        )
     pairs = [task_pair(model, task, n, **dict(task_options or {})) for n in ns]
     for pair in pairs:
         longest = max(len(pair.base), len(pair.extended))
@@ -315,10 +349,11 @@ def collapse_curve(
     ref_dtype = _tl.model_dtype(model)
     ref_name = _NAMES.get(ref_dtype, str(ref_dtype))
     natives = [(n, d) for n, d in specs if d != ref_dtype] if run_in_dtype is not False else []
-    unavailable: dict[str, str] = {}
+    unavailable: dict[str, str] = {n: _FP8_NATIVE for n, d in natives if d in FP8}
+    natives = [(n, d) for n, d in natives if d not in FP8]
     if run_in_dtype is None and _tl.model_device(model).type == "cpu":
         # fp16 matmuls are emulated on CPUs (measured ~160x slower than bf16 here): opt-in.
-        unavailable = {n: _CPU_FP16 for n, d in natives if d == torch.float16}
+        unavailable.update({n: _CPU_FP16 for n, d in natives if d == torch.float16})
         natives = [(n, d) for n, d in natives if n not in unavailable]
     n_chunks = sum(math.ceil(c / batch_size) for c in _counts(runs).values())
     bar = tqdm(
@@ -355,7 +390,7 @@ def collapse_curve(
             a = torch.stack([store[(i, 0)] for i in range(len(pairs))])  # [length, layer, d]
             b = torch.stack([store[(i, 1)] for i in range(len(pairs))])
             if cast is not None:
-                a, b = a.to(cast), b.to(cast)
+                a, b = _round(a, cast), _round(b, cast)
             m = _metrics(a, b)
             frame = pd.DataFrame(
                 {

@@ -1,4 +1,4 @@
-"""Synthetic reproductions of the collapse numbers in PAPER.md §2 (no language model needed).
+"""Synthetic reproductions of the collapse numbers in docs/science.md §2 (no language model needed).
 
 1. Equal-logit softmax collision: the weight 1/n of n equal logits rounds to the same bf16
    number as 1/(n+1) first at n = 190 (round-to-nearest-even); per band of n the fraction
@@ -63,7 +63,7 @@ def _collides(max_n: int, dtype: torch.dtype) -> Tensor:
 
 def bf16_collision_n(*, dtype: str | torch.dtype = "bfloat16", max_n: int = 1 << 16) -> int:
     """First n with round(1/n) == round(1/(n+1)) in ``dtype``: n equal logits and n+1 equal
-    logits give the *same* softmax weight (PAPER.md §2: 190 in bfloat16)."""
+    logits give the *same* softmax weight (docs/science.md §2: 190 in bfloat16)."""
     dt = _validate.resolve_dtype(dtype)
     hits = _collides(max_n, dt).nonzero()
     if hits.numel() == 0:
@@ -77,7 +77,7 @@ def softmax_collisions(
     dtype: str | torch.dtype = "bfloat16",
 ) -> pd.DataFrame:
     """Fraction of n in each half-open band [lo, hi) whose equal-logit weight 1/n collides
-    with 1/(n+1) after rounding to ``dtype`` (PAPER.md §2: 0, ~0.17, ~0.5, ~0.75 in bf16)."""
+    with 1/(n+1) after rounding to ``dtype`` (docs/science.md §2: 0, ~0.17, ~0.5, ~0.75 in bf16)."""
     dt = _validate.resolve_dtype(dtype)
     for lo, hi in bands:
         if not 1 <= lo < hi:
@@ -101,7 +101,7 @@ def softmax_tv_gap(
     half: bool = False,
 ) -> Float[Tensor, " length"]:
     """Mean over seeds of Σ|softmax(x) − softmax(x')| (×½ if ``half``) with x ~ U[0,1]^n and
-    x' = x + U[0, noise] on the first ``n_noisy`` entries (PAPER.md §2, Fig 9). The same
+    x' = x + U[0, noise] on the first ``n_noisy`` entries (docs/science.md §2, Fig 9). The same
     draws are reused across lengths (prefixes), so the curve is smooth in n."""
     ns = _check_lengths(lengths, n_noisy)
     gen = torch.Generator().manual_seed(seed)
@@ -159,7 +159,7 @@ def toy_collapse_gap(
     pe_scale: float = 1.0,
 ) -> Float[Tensor, " length"]:
     """Mean L1 gap ‖y_n − y*_{n+1}‖₁ between the last-token outputs of one random attention
-    head on [t_1..t_n] and [t_1..t_n, t_n] (PAPER.md §2, Fig 10; construction in the module
+    head on [t_1..t_n] and [t_1..t_n, t_n] (docs/science.md §2, Fig 10; construction in the module
     docstring). One set of draws per seed is shared by all lengths (prefixes)."""
     if positional not in POSITIONAL:
         raise InvalidArgumentError(f"positional={positional!r} is not one of {list(POSITIONAL)}")

@@ -21,11 +21,27 @@ Both conventions therefore cost O(n) big-integer steps (no n×n matrix, no per-p
 log mode uses ``lgamma`` (and a chunked ``logsumexp`` over ``k`` for the residual variant), so
 it works far beyond where the integers become unwieldy.
 
+Sliding windows (``window=w``, docs/science.md "Windowed attention and scalable softmax"): every
+layer links query ``q`` to keys ``q − w < k ≤ q`` only, the banded matrix ``B``, so a step moves
+``0..w−1`` positions and ``(B^L)_{t,i}`` is the coefficient of ``x^d`` in
+``((1 − x^w)/(1 − x))^L`` (``((2 − x − x^w)/(1 − x))^L`` with residual edges, the stay-step
+counted twice). It is 0 exactly when ``d > L·(w − 1)`` (residual edges move nobody) and equals the
+unwindowed count when ``w > d``. The same ODE argument gives, with ``f_{<0} = 0``,
+
+    (d+1) f_{d+1} = (d+L) f_d + (d−w+1−Lw) f_{d−w+1} + (L(w−1)−d+w) f_{d−w}                (B^L)
+    2(d+1) g_{d+1} = (3d+L) g_d − (d−1) g_{d−1} + (d−w+1−Lw) g_{d−w+1} + (L(w−1)−d+w) g_{d−w}
+
+(exact integer divisions), again O(n) big-integer steps. Log mode takes ``math.log`` of these
+exact integers (correctly rounded, never a cancelling float sum); ``window >= target + 1`` uses
+the unwindowed code above, bit for bit.
+
 Example:
     >>> path_counts(5, 3)  # PAPER §3: the first of 5 tokens has 15 paths through 3 layers
     [15, 10, 6, 3, 1]
     >>> path_counts(5, 3, residual_edges=True)[-1]  # the target itself: 2^L
     8
+    >>> path_counts(8, 2, window=3)  # 2 layers of 3 keys reach back 2·(3−1) = 4 positions
+    [0, 0, 0, 1, 2, 3, 2, 1]
 """
 
 import math
@@ -51,6 +67,7 @@ def path_counts(
     target: int = -1,
     residual_edges: bool = False,
     log: bool = False,
+    window: int | None = None,
 ) -> list[int] | Float[Tensor, " pos"]:
     """Number of causal paths from every source position to ``target`` (PAPER §3, Thm 5.1).
 
@@ -68,6 +85,10 @@ def path_counts(
             self-loop, i.e. ``(M + I)^L`` instead of ``M^L`` (the target then has ``2^L`` paths).
         log: return natural logs as a float64 tensor (``-inf`` where the count is 0) instead of
             exact Python integers.
+        window: every layer attends to the last ``window`` keys only (``i − w < j ≤ i``, see
+            :func:`oversquash_lens.sliding_window`): powers of the banded lower-triangular
+            matrix; sources more than ``n_layers·(window − 1)`` before the target get 0.
+            None (default) = the full causal mask.
 
     Returns:
         ``list[int]`` of length ``n_tokens`` (exact, arbitrarily large), or a ``[pos]`` float64
@@ -79,6 +100,13 @@ def path_counts(
     for flag, name in ((residual_edges, "residual_edges"), (log, "log")):
         if not isinstance(flag, bool):
             raise InvalidArgumentError(f"{name}={flag!r} must be True or False")
+    w = None if window is None else _validate.positive_int(window, "window")
+    if w is not None and w <= t:  # a window narrower than the distances involved
+        by_distance = _windowed(t, layers, w, residual_edges)
+        if log:
+            logs = [math.log(c) if c else -math.inf for c in reversed(by_distance)]
+            return torch.tensor(logs + [-math.inf] * (n - t - 1), dtype=torch.float64)
+        return by_distance[::-1] + [0] * (n - t - 1)
     if log:
         distances = torch.arange(t, -1, -1, dtype=torch.float64)  # d = t - i for i = 0..t
         logs = _log_residual(distances, layers) if residual_edges else _log_plain(distances, layers)
@@ -115,6 +143,26 @@ def _residual(d_max: int, layers: int) -> list[int]:
         numerator = (3 * d + layers) * out[d] - (d - 1) * out[d - 1]
         out.append(numerator // (2 * (d + 1)))
     return out
+
+
+def _windowed(d_max: int, layers: int, w: int, residual: bool) -> list[int]:
+    """Entries of ``B^L`` (or ``(B + I)^L``) at distance d = 0..d_max for a ``w``-key band, by
+    the recurrences of the module docstring; 0 beyond the reach ``L·(w − 1)``."""
+    if layers == 0:
+        return [1] + [0] * d_max
+    reach = min(d_max, layers * (w - 1))
+    out = [1 << layers if residual else 1]
+
+    def f(k: int) -> int:
+        return out[k] if k >= 0 else 0
+
+    for d in range(reach):
+        band = (d - w + 1 - layers * w) * f(d - w + 1) + (layers * (w - 1) - d + w) * f(d - w)
+        if residual:
+            out.append(((3 * d + layers) * out[d] - (d - 1) * f(d - 1) + band) // (2 * (d + 1)))
+        else:
+            out.append(((d + layers) * out[d] + band) // (d + 1))
+    return out + [0] * (d_max - reach)
 
 
 def _log_plain(d: Float[Tensor, " pos"], layers: int) -> Float[Tensor, " pos"]:

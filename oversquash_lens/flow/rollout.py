@@ -11,10 +11,13 @@ Cost, honestly: every depth ℓ needs its own sweep from layer ℓ down to layer
 take L(L+1)/2 vector-matrix products — O(L²·n²) flops — but each layer's head mean is formed
 once (one read of the ``[head, query, key]`` patterns) and all sweeps pass through it together
 in one (triangular) matrix product. The full-matrix rollout costs O(L·n³); see
-``benchmarks/paths.py`` for measured ratios.
+``benchmarks/paths.py`` for measured ratios. ``attention_rollout(..., target="all")`` returns
+those full matrices ``[layer, query, key]`` when every row is wanted, and
+:func:`rollout_matrices` the per-layer factors ``A_ℓ`` themselves (the capacities of attention
+flow, :mod:`.attention_flow`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -25,8 +28,14 @@ from torch import Tensor
 
 from .. import _tl, _validate
 from ..errors import InvalidArgumentError, InvalidPatternError
+from ..glasses import Intervention, applied
 
-__all__ = ["attention_rollout", "attention_rollout_from_model", "oversquashing_bound"]
+__all__ = [
+    "attention_rollout",
+    "attention_rollout_from_model",
+    "oversquashing_bound",
+    "rollout_matrices",
+]
 
 #: Bytes of one query block of patterns (all heads) summed over heads at once.
 _BLOCK_BYTES = 8 << 20
@@ -41,10 +50,15 @@ Patterns = (
 def attention_rollout(
     patterns: Patterns | Any,
     *,
-    target: int = -1,
+    target: int | str = -1,
     residual: float = 0.5,
     per_head: bool = False,
-) -> Float[Tensor, "layer pos"] | Float[Tensor, "layer head_index pos"]:
+) -> (
+    Float[Tensor, "layer pos"]
+    | Float[Tensor, "layer head_index pos"]
+    | Float[Tensor, "layer query_pos key_pos"]
+    | Float[Tensor, "layer head_index query_pos key_pos"]
+):
     """Attention rollout of the target token's row (PAPER §5; Abnar & Zuidema 2020).
 
     Per layer ``A_ℓ = residual·I + (1 − residual)·mean_heads(α_ℓ)``, rows renormalised; row
@@ -60,13 +74,17 @@ def attention_rollout(
             ``[layer, query, key]`` (already averaged over heads), ``[1, layer, head, query,
             key]``, or a TransformerLens ActivationCache holding ``hook_pattern`` entries
             (read only). Rows must sum to 1 and put no mass above the diagonal.
-        target: query position whose row is rolled out (negative counts from the end).
+        target: query position whose row is rolled out (negative counts from the end), or
+            ``"all"`` for the full rollout matrices ``A_{ℓ+1} ⋯ A_1`` (every query row; cost
+            O(L·n³) and ``[layer, n, n]`` memory; the single-row path is unchanged).
         residual: weight of the identity (the residual stream) in every layer, in ``[0, 1]``.
         per_head: roll every head index separately through the layers (head h of layer ℓ
             feeds head h of layer ℓ−1); returns ``[layer, head, pos]``.
 
     Returns:
         ``[layer, pos]`` (or ``[layer, head, pos]``); positions after ``target`` are 0.
+        With ``target="all"``: ``[layer, query, key]`` (or ``[layer, head, query, key]``),
+        lower-triangular, entry ``[ℓ, q, k]`` equal to the single-row result for ``target=q``.
         Computed in float32 (float64 for float64 input).
 
     Raises:
@@ -87,6 +105,11 @@ def attention_rollout(
             "per_head=True needs per-head patterns [layer, head, query, key]; got head-averaged "
             f"patterns of shape {tuple(pats.shape[:1] + pats.shape[2:])}"
         )
+    dtype = torch.float64 if pats.dtype == torch.float64 else torch.float32
+    if isinstance(target, str):
+        if target != "all":
+            raise InvalidArgumentError(f"target={target!r} must be an int position or 'all'")
+        return _full_rollout(pats, float(residual), dtype=dtype, per_head=per_head)
     t = _validate.resolve_index(target, pats.shape[-1], name="target")
     res = float(residual)
 
@@ -96,8 +119,42 @@ def attention_rollout(
         inv = inv if per_head else inv[0]
         return partial(_rollout_apply, mat=mat, inv=inv, res=res, scale=layer.scale)
 
-    dtype = torch.float64 if pats.dtype == torch.float64 else torch.float32
     return _target_rows(pats, t, rollout_step, dtype=dtype, per_head=per_head)
+
+
+def rollout_matrices(
+    patterns: Patterns | Any,
+    *,
+    residual: float = 0.5,
+    size: int | None = None,
+    per_head: bool = False,
+) -> Float[Tensor, "layer m m"] | Float[Tensor, "layer head_index m m"]:
+    """The per-layer rollout factors ``A_ℓ = diag(1/r) (residual·I + (1 − residual)·mean_heads
+    α_ℓ)`` (``r`` the row sums), exactly as :func:`attention_rollout` builds and validates them,
+    restricted to the first ``size`` queries and keys (default all).
+
+    Args:
+        patterns: as for :func:`attention_rollout` (tensor or ActivationCache).
+        residual: weight of the identity, in ``[0, 1]``.
+        size: keep positions ``0..size-1`` (causal: a target ``t`` needs ``size = t + 1``).
+        per_head: one factor per head (``[layer, head, m, m]``) instead of the head mean.
+
+    Returns:
+        ``[layer, m, m]`` (or ``[layer, head, m, m]``), rows summing to 1; float32 (float64 for
+        float64 input).
+    """
+    pats, averaged = _as_patterns(patterns)
+    res = _check_residual(residual)
+    if per_head and averaged:
+        raise InvalidArgumentError("per_head=True needs per-head patterns [layer, head, q, k]")
+    n = pats.shape[-1]
+    if size is None:
+        size = n
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= n:
+        raise InvalidArgumentError(f"size={size!r} must be an int in 1..{n}")
+    dtype = torch.float64 if pats.dtype == torch.float64 else torch.float32
+    mats = [_factor(layer, res, per_head) for layer in _layers(pats, size, dtype, per_head)]
+    return torch.stack(mats)
 
 
 def attention_rollout_from_model(
@@ -107,11 +164,15 @@ def attention_rollout_from_model(
     target: int = -1,
     residual: float = 0.5,
     per_head: bool = False,
+    intervention: Intervention = None,
 ) -> Float[Tensor, "layer pos"] | Float[Tensor, "layer head_index pos"]:
     """:func:`attention_rollout` of one sequence run through ``model`` (patterns captured with
-    temporary hooks; the model is left unchanged). ``tokens``: text, ``[pos]`` or ``[1, pos]``."""
+    temporary hooks; the model is left unchanged). ``tokens``: text, ``[pos]`` or ``[1, pos]``.
+    ``intervention``: glasses active during the run (e.g. ``functools.partial(sliding_window,
+    window=16)``, see ``glasses.applied``); the rollout is then of the patterns they produce."""
     toks = _tl.single_sequence(model, tokens)
-    pats = _tl.attention_patterns(model, toks)[0]
+    with applied(model, intervention):
+        pats = _tl.attention_patterns(model, toks)[0]
     return attention_rollout(pats, target=target, residual=residual, per_head=per_head)
 
 
@@ -154,6 +215,14 @@ def oversquashing_bound(
 
 
 # --------------------------------------------------------------------------- inputs
+def _check_residual(residual: Any) -> float:
+    if isinstance(residual, bool) or not isinstance(residual, (int, float)):
+        raise InvalidArgumentError(f"residual={residual!r} must be a float in [0, 1]")
+    if not 0.0 <= float(residual) <= 1.0:
+        raise InvalidArgumentError(f"residual={residual!r} must lie in [0, 1]")
+    return float(residual)
+
+
 def _as_patterns(patterns: Any) -> tuple[Tensor, bool]:
     """``([layer, head, query, key] tensor, was_head_averaged)`` from any accepted input."""
     if _tl.is_activation_cache(patterns):
@@ -247,6 +316,35 @@ def _target_rows(
     out = torch.zeros(n_layers, *lead, n, dtype=dtype, device=pats.device)
     out[..., :m] = rows.flip(0)
     return out
+
+
+def _layers(pats: Tensor, m: int, dtype: torch.dtype, per_head: bool) -> Iterator[_Layer]:
+    """Every layer read and validated by :func:`_read_layer` (the head sum or every head), in
+    order; the head-sum buffer is fresh per layer (callers keep the matrices)."""
+    for j in range(pats.shape[0]):
+        buf = None if per_head else torch.empty(1, m, m, dtype=dtype, device=pats.device)
+        yield _read_layer(pats, j, m, buf, dtype)
+
+
+def _factor(layer: _Layer, res: float, per_head: bool) -> Tensor:
+    """The explicit rollout factor ``A = diag(inv) (res·I + (1−res)·scale·mat)`` of one layer:
+    ``[m, m]`` (head mean) or ``[head, m, m]`` (``per_head``)."""
+    inv = 1.0 / (res + (1.0 - res) * layer.row_sums)  # [group, m]
+    mat = layer.matrix * ((1.0 - res) * layer.scale)
+    mat.diagonal(dim1=-2, dim2=-1).add_(res)
+    mat.mul_(inv[..., :, None])
+    return mat if per_head else mat[0]
+
+
+def _full_rollout(pats: Tensor, res: float, *, dtype: torch.dtype, per_head: bool) -> Tensor:
+    """``out[ℓ] = A_ℓ ⋯ A_0`` for every layer, as full ``[(head,) n, n]`` matrices."""
+    out = []
+    prod = None
+    for layer in _layers(pats, pats.shape[-1], dtype, per_head):
+        a = _factor(layer, res, per_head)
+        prod = a if prod is None else a @ prod
+        out.append(prod)
+    return torch.stack(out)
 
 
 def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype) -> _Layer:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import InvalidArgumentError
+from ..glasses import Intervention, applied
 
 __all__ = ["Sensitivity", "token_sensitivity"]
 
@@ -119,6 +120,7 @@ def token_sensitivity(
     seed: int = 0,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    intervention: Intervention = None,
 ) -> Sensitivity:
     """Frobenius norm of ``∂h_target^(ℓ)/∂h_i^(0)`` for every layer ℓ and position i (PAPER §3).
 
@@ -137,6 +139,9 @@ def token_sensitivity(
         chunk_size: cotangents per batched backward pass (bounds memory); default from a
             ~512 MiB budget.
         progress: show a progress bar over chunks (default: when there are more than 4).
+        intervention: glasses active during the forward pass, e.g.
+            ``functools.partial(sliding_window, window=16)`` (see ``glasses.applied``); the
+            Jacobian is then that of the modified model.
 
     Returns:
         :class:`Sensitivity` with ``values [n_layers, pos]`` (float32, float64 for a float64
@@ -170,7 +175,8 @@ def token_sensitivity(
     squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
     try:
         with torch.enable_grad(), _tl.preserved(model, freeze=True):
-            leaf, outputs = _forward_from_leaf(model, run, t, n_layers)
+            with applied(model, intervention):
+                leaf, outputs = _forward_from_leaf(model, run, t, n_layers)
             for layer, s in tqdm(jobs, desc="token_sensitivity", disable=not show, leave=False):
                 (grad,) = torch.autograd.grad(
                     outputs[layer],

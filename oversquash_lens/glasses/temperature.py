@@ -1,4 +1,4 @@
-"""'Glasses': adaptive-temperature softmax as an attention intervention (PAPER.md §6).
+"""'Glasses': adaptive-temperature softmax as an attention intervention (docs/science.md §6).
 
 Veličković et al., "softmax is not enough": with p = softmax(z) and its entropy
 H = −Σ p log p, use softmax(β·z) where β = max(poly(H), 1) if H > 0.5 and β = 1 otherwise,
@@ -35,7 +35,7 @@ __all__ = [
     "adaptive_temperature",
 ]
 
-#: poly(H) = −0.037 H⁴ + 0.481 H³ − 2.3 H² + 4.917 H − 1.791 (PAPER.md §6).
+#: poly(H) = −0.037 H⁴ + 0.481 H³ − 2.3 H² + 4.917 H − 1.791 (docs/science.md §6).
 COEFFICIENTS = (-0.037, 0.481, -2.3, 4.917, -1.791)
 
 
@@ -68,7 +68,7 @@ def adaptive_softmax(
     threshold: float = 0.5,
     coefficients: Sequence[float] = COEFFICIENTS,
 ) -> Float[Tensor, "*batch vocab"]:
-    """softmax(β·z) with the adaptive β of :func:`adaptive_beta` (PAPER.md §6)."""
+    """softmax(β·z) with the adaptive β of :func:`adaptive_beta` (docs/science.md §6)."""
     beta = adaptive_beta(logits, threshold=threshold, coefficients=coefficients)
     return torch.softmax(beta.unsqueeze(-1) * logits, dim=-1)
 

@@ -125,6 +125,9 @@ class HeadReport:
     n_tokens: int = 0
     norm_folded: bool = False
     model_name: str = ""
+    #: per layer: sliding-window size of a local attention layer, None for global attention
+    #: (``_tl.attention_windows``); empty = not recorded (read as all global)
+    windows: tuple[int | None, ...] = ()
 
     @property
     def n_layers(self) -> int:
@@ -135,13 +138,22 @@ class HeadReport:
         return self.diag_mass.shape[1]
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per head: ``layer``, ``head``, ``label``, every score, and the Def 5.1 /
-        sink tests ``is_diagonal``, ``is_previous``, ``is_sink``."""
+        """One row per head: ``block`` (0-based block index; the head reads layer ``block``
+        and writes layer ``block + 1``), ``head``, ``attention`` (``"local"`` for a
+        sliding-window layer, else ``"global"``), ``window`` (its size; ``<NA>`` when global),
+        ``label``, every score, and the Def 5.1 / sink tests ``is_diagonal``, ``is_previous``,
+        ``is_sink``. A local head's ``first_mass`` is attention to position 0 from queries
+        within its window only: a sink there is not a global sink."""
         t = self.thresholds
+        windows = list(self.windows) or [None] * self.n_layers
         frame = pd.DataFrame(
             {
-                "layer": [layer for layer in range(self.n_layers) for _ in range(self.n_heads)],
+                "block": [block for block in range(self.n_layers) for _ in range(self.n_heads)],
                 "head": list(range(self.n_heads)) * self.n_layers,
+                "attention": [
+                    "global" if w is None else "local" for w in windows for _ in range(self.n_heads)
+                ],
+                "window": pd.array([w for w in windows for _ in range(self.n_heads)], "Int64"),
                 "label": [label for row in self.labels for label in row],
             }
         )
@@ -178,6 +190,13 @@ class HeadReport:
             f"{self.n_heads} heads, {self.n_sequences} sequence(s), {self.n_tokens} tokens, "
             f"eps={self.thresholds.eps}, clean loss {self.clean_loss:.4g}<br>{counts}"
         )
+        local = {layer: w for layer, w in enumerate(self.windows) if w is not None}
+        if local:
+            title += (
+                f"<br>local (sliding-window) layers {sorted(local)}, window "
+                f"{sorted(set(local.values()))}; global layers "
+                f"{[i for i in range(self.n_layers) if i not in local]}"
+            )
         flagged = self.flagged
         if self.to_dataframe()["delta_loss_zero"].isna().all():  # ablation was skipped
             flagged = flagged.drop(columns=["delta_loss_zero", "delta_loss_mean"])
@@ -185,7 +204,7 @@ class HeadReport:
         return frame_html(title + ("" if len(flagged) else "<br>no flagged heads"), flagged)
 
     def plot(self, score: str | None = None) -> Any:
-        """Plotly heat map layer × head: the labels (default) or one score column."""
+        """Plotly heat map block × head: the labels (default) or one score column."""
         import plotly.graph_objects as go
 
         frame = self.to_dataframe()
@@ -200,7 +219,7 @@ class HeadReport:
             scale = [[i / k + e / k, c] for i, c in enumerate(_COLOURS) for e in (0, 1)]
             hover = frame.apply(
                 lambda r: (
-                    f"L{r.layer}H{r.head} {r.label}<br>diag {r.diag_mass:.2f} prev "
+                    f"L{r.block}H{r.head} {r.label}<br>diag {r.diag_mass:.2f} prev "
                     f"{r.prev_mass:.2f} first {r.first_mass:.2f}<br>write {r.write_ratio:.3g} "
                     f"ov {r.ov_copying:.2f}"
                 ),
@@ -220,7 +239,7 @@ class HeadReport:
         fig.update_layout(
             title=f"Heads of {self.model_name}: {score or 'labels'}",
             xaxis_title="head",
-            yaxis_title="layer",
+            yaxis_title="block",
             yaxis_autorange="reversed",
         )
         return fig
@@ -365,7 +384,14 @@ def classify_heads(
         progress=progress,
     )
     labels = label_heads(SimpleNamespace(**grids), thresholds)
-    return HeadReport(**grids, labels=labels, thresholds=thresholds, **facts, model_name=info.name)
+    return HeadReport(
+        **grids,
+        labels=labels,
+        thresholds=thresholds,
+        **facts,
+        model_name=info.name,
+        windows=tuple(_tl.attention_windows(model)),
+    )
 
 
 def _check_window(sink_window: Any) -> None:

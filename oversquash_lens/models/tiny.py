@@ -19,6 +19,7 @@ __all__ = [
     "tiny_hooked_model",
     "tiny_tokenizer",
     "save_tiny_model",
+    "TINY_SYMBOLS",
 ]
 
 ARCHITECTURES = ("gpt2", "neox", "llama", "gemma")
@@ -29,6 +30,18 @@ _WORDS = (
     "0 1 2 3 4 5 6 7 8 9 , . ? : the a cat sat on mat what is last first digit item in this "
     "sequence count how many ones are there answer word sentence dog ran and"
 ).split()
+
+
+def _symbol_ids() -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for word in ("<bos>", "<eos>", "<unk>", "<pad>", *_WORDS):
+        vocab.setdefault(word, len(vocab))
+    return {w: i for w, i in vocab.items() if w.isdigit() or w in (",", ".")}
+
+
+#: Ids of the digits, "," and "." in :func:`tiny_tokenizer` (digits 4..13, "," 14, "." 15):
+#: the ``symbols`` the tiny tokenizer-less models (:func:`tiny_native_model`) carry.
+TINY_SYMBOLS: dict[str, int] = _symbol_ids()
 
 
 def tiny_tokenizer() -> Any:
@@ -158,9 +171,15 @@ def tiny_model(arch: str = "llama", **kwargs: Any) -> Any:
 
     from .._tl import bridge_class
 
-    folder = save_tiny_model(arch, **kwargs)
-    with contextlib.redirect_stderr(io.StringIO()):
-        model = bridge_class().boot_transformers(str(folder))
+    if kwargs.get("folder") is not None:  # the caller keeps the folder
+        folder = save_tiny_model(arch, **kwargs)
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = bridge_class().boot_transformers(str(folder))
+    else:  # booted from a temporary folder that is removed again (weights are in memory)
+        with tempfile.TemporaryDirectory(prefix=f"oversquash_tiny_{arch}_") as tmp:
+            folder = save_tiny_model(arch, tmp, **kwargs)
+            with contextlib.redirect_stderr(io.StringIO()):
+                model = bridge_class().boot_transformers(str(folder))
     model.eval()
     return model
 
@@ -194,6 +213,8 @@ def tiny_native_model(
     )
     model = bridge_class().boot_native(cfg)
     model.eval()
+    # No tokenizer: the task builders read the symbol ids from here (docs/science.md §6).
+    model.oversquash_symbols = dict(TINY_SYMBOLS)
     return model
 
 
@@ -232,9 +253,9 @@ def tiny_hooked_model(
     from transformers import AutoTokenizer
 
     # TL needs a tokenizer that was loaded from disk (it reads init_kwargs["name_or_path"]).
-    folder = tempfile.mkdtemp(prefix="oversquash_tiny_tok_")
-    tiny_tokenizer().save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="oversquash_tiny_tok_") as folder:
+        tiny_tokenizer().save_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tokenizer)

@@ -4,7 +4,6 @@ paper's remedies (docs/science.md §6). ``oversquash_lens.tasks.<builder>`` is t
 from .accuracy import AccuracyReport as AccuracyReport
 from .accuracy import read_answer as read_answer
 from .accuracy import task_accuracy as task_accuracy
-from .prompts import DEFAULT_SYMBOLS as DEFAULT_SYMBOLS
 from .prompts import RANDOM_TASKS as RANDOM_TASKS
 from .prompts import REMEDIES as REMEDIES
 from .prompts import Pair as Pair
@@ -23,7 +22,6 @@ from .prompts import task_prompt as task_prompt
 __all__ = [
     "Pair",
     "Prompt",
-    "DEFAULT_SYMBOLS",
     "REMEDIES",
     "RANDOM_TASKS",
     "repeated_pair",

@@ -1,4 +1,4 @@
-"""Task accuracy harness: counting and copying with and without remedies (PAPER.md §6).
+"""Task accuracy harness: counting and copying with and without remedies (docs/science.md §6).
 
 ``task_accuracy`` builds prompts of each length (``oversquash_lens.tasks``), decodes the
 model's greedy answer and compares it with the ground truth: the paper's observation is that
@@ -115,7 +115,7 @@ def task_accuracy(
     progress: bool | None = None,
 ) -> AccuracyReport:
     """Greedy-answer accuracy of ``task`` (``tasks.prompt_tasks()``) at each length, with
-    and without each remedy (PAPER.md §6).
+    and without each remedy (docs/science.md §6).
 
     Example:
         >>> rep = task_accuracy(model, "count-ones", [5, 10, 20], remedies=("none", "separators"))
@@ -137,35 +137,62 @@ def task_accuracy(
             f"model {info.name!r} has no tokenizer; task_accuracy compares decoded text answers"
         )
     ns = sorted(set(_validate.int_list(lengths, name="lengths", minimum=None)))
-    checks = (("n_samples", n_samples, 1), ("batch_size", batch_size, 1))
-    for name, value, low in (*checks, ("extra_tokens", extra_tokens, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidArgumentError(f"{name}={value!r} must be an int >= {low}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidArgumentError(f"seed={seed!r} must be an int")
+    _validate.fits_context(ns, info.n_ctx, name="lengths")  # before any prompt is built
+    _validate.integer(n_samples, "n_samples", minimum=1)
+    _validate.integer(batch_size, "batch_size", minimum=1)
+    _validate.integer(extra_tokens, "extra_tokens", minimum=0)
+    _validate.integer(seed, "seed")
+    _validate.flag(adaptive_temperature, "adaptive_temperature")
+    options = _validate.options(task_options, "task_options")
     if adaptive_temperature and intervention is not None:
         raise InvalidArgumentError("give either adaptive_temperature=True or intervention=")
+    chosen, skipped = _choose_remedies(task, remedies)
+    prompts = _build_prompts(model, info, task, ns, chosen, n_samples, seed, extra_tokens, options)
+    ctx = _adaptive if adaptive_temperature else intervention
+    records = _answer(model, info, task, prompts, batch_size, ctx, progress)
+    return AccuracyReport(
+        records=records.reset_index(drop=True),
+        task=task,
+        lengths=tuple(ns),
+        remedies=tuple(chosen),
+        skipped=skipped,
+        intervention="adaptive_temperature" if adaptive_temperature else describe(intervention),
+        model_name=info.name,
+    )
+
+
+def _choose_remedies(task: str, remedies: Any) -> tuple[list[str], tuple[str, ...]]:
+    """The requested remedies that apply to ``task``, and those skipped (in given order)."""
     if isinstance(remedies, str) or not isinstance(remedies, Iterable):
         raise InvalidArgumentError(f"remedies={remedies!r} must be a list of names in {REMEDIES}")
-    unknown = [r for r in remedies if r not in REMEDIES]
+    remedies = list(remedies)
+    unknown = [r for r in remedies if not isinstance(r, str) or r not in REMEDIES]
     if unknown or not remedies:
-        raise InvalidArgumentError(f"remedies={list(remedies)!r}: each must be one of {REMEDIES}")
+        raise InvalidArgumentError(f"remedies={remedies!r}: each must be one of {REMEDIES}")
     usable = applicable_remedies(task)
     chosen = [r for r in dict.fromkeys(remedies) if r in usable]
     skipped = tuple(r for r in dict.fromkeys(remedies) if r not in usable)
     if not chosen:
         raise InvalidArgumentError(
-            f"remedies={list(remedies)!r}: none applies to task {task!r} (applicable: {usable})"
+            f"remedies={remedies!r}: none applies to task {task!r} (applicable: {usable})"
         )
-    samples = n_samples if task in RANDOM_TASKS else 1
+    return chosen, skipped
 
+
+def _build_prompts(
+    model: Any, info: Any, task: str, ns: Sequence[int], chosen: Sequence[str], n_samples: int,
+    seed: int, extra_tokens: int, options: Mapping[str, Any],
+) -> list[tuple[Any, int, int]]:  # fmt: skip
+    """``(prompt, sample, tokens to decode)`` per remedy, length and sample; a prompt whose
+    answer would not fit in ``n_ctx`` raises InvalidTokensError."""
+    tokenizer = _tl.text_tokenizer(model)
+    samples = n_samples if task in RANDOM_TASKS else 1
     prompts = []
     for remedy in chosen:
         for n in ns:
             for s in range(samples):
                 extra = {"seed": seed + s} if task in RANDOM_TASKS else {}
-                options = {**dict(task_options or {}), **extra}
-                prompt = task_prompt(model, task, n, remedy=remedy, **options)
+                prompt = task_prompt(model, task, n, remedy=remedy, **{**options, **extra})
                 answer_len = len(tokenizer.encode(" " + prompt.answer, add_special_tokens=False))
                 if len(prompt.tokens) + answer_len + extra_tokens > info.n_ctx:
                     raise InvalidTokensError(
@@ -174,14 +201,22 @@ def task_accuracy(
                         f"answer tokens, more than the model's n_ctx={info.n_ctx}"
                     )
                 prompts.append((prompt, s, answer_len + extra_tokens))
+    return prompts
+
+
+def _answer(
+    model: Any, info: Any, task: str, prompts: list[tuple[Any, int, int]], batch_size: int,
+    intervention: Intervention, progress: bool | None,
+) -> pd.DataFrame:  # fmt: skip
+    """Greedy answers for every prompt (batched by prompt length), one record each."""
+    tokenizer = _tl.text_tokenizer(model)
     groups: dict[int, list] = {}
     for item in prompts:
         groups.setdefault(len(item[0].tokens), []).append(item)
     chunks = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
-    ctx = _adaptive if adaptive_temperature else intervention
     rows = []
-    show = progress if progress is not None else len(chunks) > 1
-    with applied(model, ctx):
+    show = _validate.progress_flag(progress, len(chunks) > 1)
+    with applied(model, intervention):
         for chunk in tqdm(chunks, desc=f"task_accuracy {task}", disable=not show, leave=False):
             toks = _tl.prepare_tokens(model, torch.stack([p.tokens for p, _, _ in chunk]), info)
             generated = _greedy(model, toks, max(k for _, _, k in chunk)).cpu()
@@ -193,13 +228,4 @@ def task_accuracy(
                      "answer": prompt.answer, "prediction": pred, "correct": pred == prompt.answer,
                      "output": text, "prompt_tokens": len(prompt.tokens)}
                 )  # fmt: skip
-    records = pd.DataFrame(rows).sort_values(["remedy", "length", "sample"], kind="stable")
-    return AccuracyReport(
-        records=records.reset_index(drop=True),
-        task=task,
-        lengths=tuple(ns),
-        remedies=tuple(chosen),
-        skipped=skipped,
-        intervention="adaptive_temperature" if adaptive_temperature else describe(intervention),
-        model_name=info.name,
-    )
+    return pd.DataFrame(rows).sort_values(["remedy", "length", "sample"], kind="stable")

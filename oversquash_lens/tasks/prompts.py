@@ -1,4 +1,4 @@
-"""Prompt builders for the collapse probe and the task harness (PAPER.md §2 and §6).
+"""Prompt builders for the collapse probe and the task harness (docs/science.md §2 and §6).
 
 Every sequence is built from *token ids*: each distinct piece (an item such as ``" 1"``, a
 separator, the prompt text around the items) is tokenized once and the ids are concatenated.
@@ -9,7 +9,9 @@ encoded on their own (``","``).
 
 Without a tokenizer (``model=None`` or a ``boot_native`` model) pieces may be token ids
 (``int`` or a list of ints); the text symbols the built-in tasks use map to ids through
-``symbols`` (default :data:`DEFAULT_SYMBOLS`) and the prompt text around items is dropped.
+``symbols`` — given explicitly, or carried by the model as ``model.oversquash_symbols``
+(the tiny test models do: :data:`oversquash_lens.testing.TINY_SYMBOLS`) — and the prompt text
+around items is dropped. No ids are ever assumed: a symbol with no mapping raises.
 
 Example:
     >>> pair = repeated_pair(model, 8)                 # v = [u, a], v* = [u, a, a]
@@ -30,20 +32,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .. import _tl
+from .. import _tl, _validate
 from ..errors import InvalidArgumentError
 
 __all__ = [
-    "Pair", "Prompt", "DEFAULT_SYMBOLS", "REMEDIES", "RANDOM_TASKS", "repeated_pair",
+    "Pair", "Prompt", "REMEDIES", "RANDOM_TASKS", "repeated_pair",
     "alternating_pair", "copy_pair", "counting_prompt", "copying_prompt", "task_pair",
     "task_prompt", "pair_tasks", "prompt_tasks", "applicable_remedies",
 ]  # fmt: skip
 
 Piece = str | int | Sequence[int]
 
-#: Token ids of the built-in symbols when the model has no tokenizer (the layout of
-#: :func:`oversquash_lens.testing.tiny_tokenizer`: digits 4..13, "," 14, "." 15).
-DEFAULT_SYMBOLS: Mapping[str, int] = {**{str(d): 4 + d for d in range(10)}, ",": 14, ".": 15}
 
 REMEDIES = ("none", "separators", "hint", "interleave", "repeat-final")
 
@@ -61,7 +60,7 @@ _WORDS = ("the", "cat", "sat", "on", "mat", "dog", "ran", "and", "a")
 
 @dataclass(frozen=True)
 class Pair:
-    """Two sequences the last token must tell apart (PAPER.md §2: v and v*).
+    """Two sequences the last token must tell apart (docs/science.md §2: v and v*).
 
     ``length`` is n, the number of items in ``base``; for ``repeat`` tasks ``extended`` is
     ``base`` plus one more copy of its final item (and a separator where one falls due).
@@ -75,7 +74,7 @@ class Pair:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A counting/copying prompt with its ground-truth answer (PAPER.md §6)."""
+    """A counting/copying prompt with its ground-truth answer (docs/science.md §6)."""
 
     tokens: Int[Tensor, " pos"]
     answer: str
@@ -90,7 +89,9 @@ class _Codec:
 
     def __init__(self, model: Any, *, bos: int | None | str, symbols: Mapping[str, Any] | None):
         self.tokenizer = _tl.text_tokenizer(model)
-        self.symbols = DEFAULT_SYMBOLS if symbols is None else symbols
+        if symbols is None:
+            symbols = getattr(model, "oversquash_symbols", None) if model is not None else None
+        self.symbols: Mapping[str, Any] = {} if symbols is None else symbols
         self._cache: dict[str, list[int]] = {}
         if bos == "auto":
             tok_bos = getattr(self.tokenizer, "bos_token_id", None)
@@ -125,7 +126,8 @@ class _Codec:
                 return self.ids(self.symbols[piece.strip()], name=name)
             raise InvalidArgumentError(
                 f"{name}={piece!r}: the model has no tokenizer and {piece!r} is not in "
-                f"symbols {sorted(self.symbols)}; pass token ids instead"
+                f"symbols {sorted(self.symbols)}; pass token ids, or map the task's symbols "
+                "to ids with symbols={'1': id, ...} (task_options={'symbols': ...})"
             )
         text = joiner + piece if piece else ""
         if text not in self._cache:
@@ -154,8 +156,7 @@ def _sequence(
 ) -> list[int]:  # fmt: skip
     """BOS + prefix + items (a separator after every ``every``-th item but the last, or a
     filler between items) + suffix, concatenated from per-piece token ids."""
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise InvalidArgumentError(f"every={every!r} must be a positive int")
+    _validate.integer(every, "every", minimum=1)
     out = codec.bos + codec.text(prefix)
     for i, item in enumerate(items):
         if i and filler is not None:
@@ -167,9 +168,7 @@ def _sequence(
 
 
 def _check_n(n: Any, minimum: int = 1) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
-        raise InvalidArgumentError(f"n={n!r} must be an int >= {minimum}")
-    return n
+    return _validate.integer(n, "n", minimum=minimum)
 
 
 def _pair(base: list[int], ext: list[int], task: str, n: int) -> Pair:
@@ -247,8 +246,9 @@ def counting_prompt(
     model: Any, n: int, *, kind: str = "ones", p: float = 0.7, word: str = "cat", seed: int = 0,
     remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
     hint: str = _HINT, template: str | None = None, bos: int | None | str = "auto",
+    symbols: Mapping[str, Any] | None = None,
 ) -> Prompt:  # fmt: skip
-    """Counting prompts of n items (PAPER.md §6): ``kind="ones"`` (all ones), ``"bernoulli"``
+    """Counting prompts of n items (docs/science.md §6): ``kind="ones"`` (all ones), ``"bernoulli"``
     (0/1 digits, P(1) = p, seeded), ``"word"`` (count ``word`` among n words drawn from a
     small list) or ``"sum"`` (``1 + 1 + … =``). ``remedy`` is one of :data:`REMEDIES`
     except ``"repeat-final"`` (it would change the count) and, for sums, ``"interleave"`` and
@@ -263,8 +263,7 @@ def counting_prompt(
         )
     rng = random.Random(seed)
     if kind == "bernoulli":
-        if not 0.0 <= p <= 1.0:
-            raise InvalidArgumentError(f"p={p!r} must be a probability in [0, 1]")
+        _validate.number(p, "p", minimum=0.0, maximum=1.0)
         items = ["1" if rng.random() < p else "0" for _ in range(n)]
         answer = items.count("1")
     elif kind == "word":
@@ -276,18 +275,19 @@ def counting_prompt(
     tmpl = (template or _TEMPLATES[kind]).replace("{word}", word)
     name = "sum-ones" if kind == "sum" else f"count-{kind}"
     opts = dict(every=every, sep=sep, filler=between, hint=hint)
-    return _prompt(model, items, str(answer), name, n, remedy, tmpl, bos, **opts)
+    return _prompt(model, items, str(answer), name, n, remedy, tmpl, bos, symbols, **opts)
 
 
 def copying_prompt(
     model: Any, n: int, *, which: str = "last", item: str = "1", other: str = "0",
     remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
     hint: str = _HINT, repeat: int = 2, template: str | None = None,
-    bos: int | None | str = "auto",
+    bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None,
 ) -> Prompt:  # fmt: skip
-    """Copying prompts (PAPER.md §6): the last digit of ``1…1 0`` or the first of ``0 1…1``.
+    """Copying prompts (docs/science.md §6): the last digit of ``1…1 0`` or the first of ``0 1…1``.
     ``remedy="repeat-final"`` (last only) writes the final item ``repeat`` more times."""
     n = _check_n(n, 2)
+    repeat = _validate.integer(repeat, "repeat", minimum=0)
     if which not in ("last", "first"):
         raise InvalidArgumentError(f"which={which!r} must be 'last' or 'first'")
     items = [item] * (n - 1) + [other] if which == "last" else [other] + [item] * (n - 1)
@@ -298,14 +298,15 @@ def copying_prompt(
     tmpl = template or _TEMPLATES[which]
     between = filler if remedy == "interleave" else None
     opts = dict(every=every, sep=sep, filler=between, hint=hint)
-    return _prompt(model, items, other, f"copy-{which}", n, remedy, tmpl, bos, **opts)
+    return _prompt(model, items, other, f"copy-{which}", n, remedy, tmpl, bos, symbols, **opts)
 
 
 def _prompt(
     model: Any, items: list[str], answer: str, task: str, n: int, remedy: str, template: str,
-    bos: Any, *, every: int, sep: Piece, filler: Piece | None, hint: str,
+    bos: Any, symbols: Mapping[str, Any] | None, *, every: int, sep: Piece,
+    filler: Piece | None, hint: str,
 ) -> Prompt:  # fmt: skip
-    codec = _Codec(model, bos=bos, symbols=None)
+    codec = _Codec(model, bos=bos, symbols=symbols)
     kw = _remedy_kwargs(remedy, every, sep)
     prefix, suffix = _split(template)
     if remedy == "hint":

@@ -1,0 +1,289 @@
+"""Q-, K- and V-composition scores between attention heads (Elhage et al. 2021), computed
+through the heads' low-rank factors (docs/science.md §"Circuits framework").
+
+Row-vector convention (TransformerLens): a head reads ``x W_V``, writes ``z W_O``, scores
+``q k^T = x_dest W_Q W_K^T x_src^T``, so per head
+
+    W_OV = W_V W_O   and   W_QK = W_Q W_K^T      (d_model × d_model, rank ≤ d_head).
+
+For an earlier head 1 and a later head 2 the score of composition kind ``c`` is
+
+    s_c(1 → 2) = ‖W_OV¹ B₂‖_F / (‖W_OV¹‖_F ‖B₂‖_F),   B₂ = W_QK² (Q), (W_QK²)^T (K), W_OV² (V),
+
+exactly what ``HookedTransformer.all_composition_scores`` (TL ≤ 3) and
+``TransformerBridge.all_composition_scores`` (TL 4) return. Why these transposes: head 1's
+output ``y W_OV¹`` added to the *query* residual changes the score by ``y W_OV¹ W_QK² x^T``
+(matrix ``W_OV¹ W_QK²``); added to the *key* residual it changes ``x W_QK² (y W_OV¹)^T =
+x (W_QK² W_OV¹^T) y^T``, whose Frobenius norm is that of ``W_OV¹ (W_QK²)^T``; read as a
+*value* it is moved on through ``W_OV¹ W_OV²``. The paper writes the same three products in
+the column-vector convention (``W_OV = W_O W_V``): ``W_QK^T W_OV`` (Q), ``W_QK W_OV`` (K),
+``W_OV W_OV`` (V), which are the transposes of the ones above (same norms).
+
+Never built: a d_model × d_model matrix. Each factored matrix ``U V`` (``U`` d_model × d_head,
+``V`` d_head × d_model) is reduced to a core with the same Frobenius behaviour — ``U = Q R``
+(QR, ``Q`` orthonormal columns) so ``‖U V X‖_F = ‖R V X‖_F``, and ``V^T = Q' R'`` so
+``‖X U V‖_F = ‖X U R'^T‖_F`` — and every pair costs one ``d_head × d_model × d_head`` product.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .. import _tl
+from .._display import frame_html
+from ..errors import InvalidArgumentError
+
+__all__ = [
+    "KINDS",
+    "Composition",
+    "composition",
+    "composition_scores",
+    "composition_table",
+    "random_composition_baseline",
+]
+
+KINDS = ("Q", "K", "V")
+
+Scores = Float[Tensor, "layer head_index layer head_index"]
+
+
+def _check_kind(kind: Any) -> str:
+    if not isinstance(kind, str) or kind.upper() not in KINDS:
+        raise InvalidArgumentError(f"kind={kind!r} must be one of {list(KINDS)}")
+    return kind.upper()
+
+
+def head_factors(
+    model: Any, *, fold_norm: bool = True
+) -> tuple[dict[str, list[Tensor]], bool]:
+    """Per block, float64 CPU copies of ``W_Q, W_K, W_V [head, d_model, d_head]`` (grouped K/V
+    heads expanded per query head) and ``W_O [head, d_head, d_model]``. With ``fold_norm`` the
+    pre-attention norm's elementwise scale γ of each block is folded into that block's reading
+    matrices (``diag(γ) W``); the flag says whether any scale was found."""
+    info = _tl.model_info(model)
+    out: dict[str, list[Tensor]] = {"Q": [], "K": [], "V": [], "O": []}
+    folded = False
+    for block in range(info.n_layers):
+        scale = _tl.ln1_scale(model, block) if fold_norm else None
+        gamma = None if scale is None else scale.double().cpu()[None, :, None]
+        folded |= gamma is not None
+        for key, get in (("Q", _tl.w_q), ("K", _tl.w_k), ("V", _tl.w_v)):
+            w = get(model, block).double().cpu()
+            out[key].append(w if gamma is None else w * gamma)
+        out["O"].append(_tl.w_o(model, block).double().cpu())
+    return out, folded
+
+
+def _left_core(u: Tensor, v: Tensor) -> Tensor:
+    """``R V`` with ``U = Q R``: ``‖U V X‖_F = ‖(R V) X‖_F`` for every X. [..., d_head, d_model]."""
+    return torch.linalg.qr(u, mode="r")[1] @ v
+
+
+def _right_core(u: Tensor, v: Tensor) -> Tensor:
+    """``U R'^T`` with ``V^T = Q' R'``: ``‖X U V‖_F = ‖X (U R'^T)‖_F``. [..., d_model, d_head]."""
+    return u @ torch.linalg.qr(v.transpose(-2, -1), mode="r")[1].transpose(-2, -1)
+
+
+def scores_from_factors(
+    factors: dict[str, list[Tensor]], kind: str, *, dtype: torch.dtype = torch.float64
+) -> Scores:
+    """Composition scores of ``kind`` from :func:`head_factors`; entries with ℓ₁ ≥ ℓ₂ are 0."""
+    n_layers = len(factors["O"])
+    n_heads, _, d_head = factors["V"][0].shape
+    left = [_left_core(factors["V"][b], factors["O"][b]).to(dtype) for b in range(n_layers)]
+    if kind == "Q":
+        pairs = [(factors["Q"][b], factors["K"][b].transpose(-2, -1)) for b in range(n_layers)]
+    elif kind == "K":
+        pairs = [(factors["K"][b], factors["Q"][b].transpose(-2, -1)) for b in range(n_layers)]
+    else:
+        pairs = [(factors["V"][b], factors["O"][b]) for b in range(n_layers)]
+    right = [_right_core(u, v).to(dtype) for u, v in pairs]
+    left_norm = torch.stack([c.square().sum((-2, -1)) for c in left]).sqrt()  # [layer, head]
+    right_norm = torch.stack([c.square().sum((-2, -1)) for c in right]).sqrt()
+    scores = torch.zeros(n_layers, n_heads, n_layers, n_heads, dtype=dtype)
+    for b1 in range(n_layers - 1):
+        # every head of b1 against every head of every later block in one product:
+        # [head·d_head, d_model] @ [d_model, later·head·d_head]
+        a = left[b1].reshape(n_heads * d_head, -1)
+        later = torch.stack(right[b1 + 1 :])  # [later, head, d_model, d_head]
+        b = later.permute(2, 0, 1, 3).reshape(a.shape[1], -1)
+        prod = (a @ b).view(n_heads, d_head, n_layers - b1 - 1, n_heads, d_head)
+        norms = prod.square().sum((1, 4)).sqrt()  # [head, later, head]
+        scores[b1, :, b1 + 1 :] = norms / (
+            left_norm[b1][:, None, None] * right_norm[b1 + 1 :][None, :, :]
+        )
+    return scores.float() if dtype != torch.float64 else scores
+
+
+def composition_scores(model: Any, kind: str, *, fold_norm: bool = True) -> Scores:
+    """Normalised ``kind``-composition score of every head pair (docs/science.md §"Circuits
+    framework"): ``scores[l1, h1, l2, h2]`` for an earlier head (l1, h1) writing into a later
+    head (l2, h2); 0 where ``l1 >= l2`` (TransformerLens' mask). NaN for a head whose circuit
+    is exactly zero.
+
+    Example:
+        >>> s = composition_scores(model, "K")
+        >>> s.shape  # [n_layers, n_heads, n_layers, n_heads]; s[0, 3, 1, 5] is L0H3 -> L1H5
+
+    Args:
+        model: a TransformerBridge or HookedTransformer (read only).
+        kind: ``"Q"``, ``"K"`` or ``"V"``: which input of the later head the earlier head's
+            OV output feeds (see the module docstring for the matrices).
+        fold_norm: fold each block's pre-attention norm scale γ into its own ``W_Q, W_K, W_V``
+            (what a head really reads is ``normalise(x) · diag(γ)``). TransformerLens'
+            ``HookedTransformer.from_pretrained`` has already folded it (``LayerNormPre``: no
+            γ left, so this changes nothing); a ``TransformerBridge`` keeps γ in the norm, and
+            ``fold_norm=False`` then reproduces its ``all_composition_scores`` exactly.
+            The norm's mean subtraction (LayerNorm) is not folded (TL's ``center_weights``).
+
+    Returns:
+        ``[layer, head_index, layer, head_index]`` float64 scores in [0, 1].
+    """
+    kind = _check_kind(kind)
+    factors, _ = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
+    return scores_from_factors(factors, kind)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name}={value!r} must be True or False")
+    return value
+
+
+def random_composition_baseline(
+    d_model: int, d_head: int, *, n_samples: int = 256, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and standard deviation of the composition score of two independent random
+    matrices shaped like a head's circuits: ``A = U₁V₁`` and ``B = U₂V₂`` with i.i.d. Gaussian
+    ``U [d_model, d_head]`` and ``V [d_head, d_model]`` (Monte Carlo, private generator with
+    ``seed``). All three kinds share it (same shapes). For reference, rotation invariance gives
+    ``E[score²] = 1/d_model`` exactly, so the mean sits just below ``1/sqrt(d_model)``."""
+    for name, value in (("d_model", d_model), ("d_head", d_head), ("n_samples", n_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
+    gen = torch.Generator().manual_seed(int(seed))
+    values = []
+    for start in range(0, n_samples, 64):
+        k = min(64, n_samples - start)
+        u1, u2 = (torch.randn(k, d_model, d_head, generator=gen, dtype=torch.float64) for _ in "ab")
+        v1, v2 = (torch.randn(k, d_head, d_model, generator=gen, dtype=torch.float64) for _ in "ab")
+        left, right = _left_core(u1, v1), _right_core(u2, v2)
+        num = (left @ right).square().sum((-2, -1)).sqrt()
+        den = left.square().sum((-2, -1)).sqrt() * right.square().sum((-2, -1)).sqrt()
+        values.append(num / den)
+    scores = torch.cat(values)
+    std = float(scores.std()) if n_samples > 1 else 0.0
+    return float(scores.mean()), std
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Composition scores of one kind, with the random baseline they are read against.
+
+    Attributes:
+        scores: ``[layer, head_index, layer, head_index]``; 0 where ``l1 >= l2``.
+        kind: ``"Q"``, ``"K"`` or ``"V"``.
+        baseline: mean score of random Gaussian matrices of the same shapes
+            (:func:`random_composition_baseline`); ``baseline_std`` its spread.
+        folded: whether a pre-attention norm scale was folded into the reading weights.
+    """
+
+    scores: Scores
+    kind: str
+    baseline: float
+    baseline_std: float
+    folded: bool
+    d_model: int
+    model_name: str = ""
+
+    @property
+    def relative(self) -> Scores:
+        """``scores / baseline``: 1 means "as composed as two random heads"."""
+        return self.scores / self.baseline
+
+    @property
+    def n_layers(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.scores.shape[1]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per pair with ``l1 < l2``: ``source_layer, source_head, dest_layer,
+        dest_head, source, dest`` (``"L0H3"``), ``score``, ``relative`` (score / baseline) and
+        ``z`` ((score − baseline) / baseline_std), sorted by decreasing score."""
+        n_layers, n_heads = self.n_layers, self.n_heads
+        idx = torch.cartesian_prod(*(torch.arange(k) for k in (n_layers, n_heads) * 2))
+        idx = idx[idx[:, 0] < idx[:, 2]]
+        vals = self.scores[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]].double().numpy()
+        frame = pd.DataFrame(idx.numpy(), columns=["source_layer", "source_head", "dest_layer", "dest_head"])
+        frame.insert(4, "source", [f"L{a}H{b}" for a, b in idx[:, :2].tolist()])
+        frame.insert(5, "dest", [f"L{a}H{b}" for a, b in idx[:, 2:].tolist()])
+        frame["score"] = vals
+        frame["relative"] = vals / self.baseline
+        frame["z"] = (vals - self.baseline) / self.baseline_std if self.baseline_std else math.nan
+        frame.insert(0, "kind", self.kind)
+        return frame.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` most composed pairs."""
+        return self.to_dataframe().head(k)
+
+    def _repr_html_(self) -> str:
+        title = (
+            f"<b>Composition</b> {self.model_name}: {self.kind}-composition, "
+            f"{self.n_layers} layers × {self.n_heads} heads; random baseline "
+            f"{self.baseline:.4f} ± {self.baseline_std:.4f} (d_model={self.d_model}); norm scale "
+            f"{'folded' if self.folded else 'not folded'}"
+        )
+        return frame_html(title, self.top(20))
+
+    def plot(self) -> Any:
+        """Plotly heat map, source layer·head × destination layer·head (see
+        :func:`oversquash_lens.circuits.plots.composition_heatmap`)."""
+        from .plots import composition_heatmap
+
+        return composition_heatmap(self)
+
+
+def composition(
+    model: Any,
+    kind: str,
+    *,
+    fold_norm: bool = True,
+    baseline_samples: int = 256,
+    seed: int = 0,
+) -> Composition:
+    """:func:`composition_scores` together with the random baseline, as a result object with
+    ``to_dataframe()``, ``top(k)``, ``relative`` and ``plot()``.
+
+    Example:
+        >>> comp = composition(model, "V")
+        >>> comp.top(5)  # the five most V-composed pairs, with score / random baseline
+    """
+    kind = _check_kind(kind)
+    info = _tl.model_info(model)
+    factors, folded = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
+    mean, std = random_composition_baseline(
+        info.d_model, info.d_head, n_samples=baseline_samples, seed=seed
+    )
+    return Composition(
+        scores=scores_from_factors(factors, kind),
+        kind=kind,
+        baseline=mean,
+        baseline_std=std,
+        folded=folded,
+        d_model=info.d_model,
+        model_name=info.name,
+    )
+
+
+def composition_table(model: Any, kind: str, *, fold_norm: bool = True) -> pd.DataFrame:
+    """Tidy DataFrame of :func:`composition` (one row per head pair, best first)."""
+    return composition(model, kind, fold_norm=fold_norm).to_dataframe()

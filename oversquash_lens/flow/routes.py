@@ -1,0 +1,612 @@
+"""Information flow routes (Ferrando & Voita 2024, arXiv 2403.00824): the residual stream
+decomposed edge by edge, and the route graph of the edges that matter for one target token
+(docs/science.md §"Contribution routes and attention flow").
+
+Block ``b`` adds to the residual of position ``t``: every head's ``α^{b,h}_{t,j} · v^{b,h}_j
+W_O^{b,h}`` for every source ``j ≤ t``, the attention bias ``b_O``, and the MLP output at ``t``.
+So the residual after ``b + 1`` blocks is exactly
+
+    x^{b+1}_t = x^b_t + Σ_h Σ_{j≤t} α^{b,h}_{t,j} v^{b,h}_j W_O^{b,h} + b_O^b + mlp^b_t
+
+(a block that normalises its attention output before adding it, Gemma 2/3's ``ln1_post``,
+multiplies every attention part by that norm's per-position factor ``w / rms_t``, read from the
+same forward pass, so the parts stay linear and still sum exactly). A part ``z`` of the sum
+``x`` gets the proximity ``max(‖x‖₁ − ‖z − x‖₁, 0)``, normalised over all parts of ``x``: its
+*importance*. Walking back from the target node and keeping the edges whose importance exceeds
+``τ`` gives the route graph.
+
+Nodes are ``(layer, position)`` with ``layer`` numbered like :func:`capture_residuals`: layer 0 is
+the embedding, layer ``ℓ`` the residual after ``ℓ`` blocks. Block ``b`` joins layer ``b`` to
+layer ``b + 1``; an edge of head ``h`` runs ``(b, j) → (b + 1, t)``, the residual and MLP edges
+``(b, t) → (b + 1, t)``. Unlike Ferrando & Voita, attention and MLP of a block are one node
+step (no node between them), so parallel blocks (GPT-NeoX) and sequential ones read alike; the
+MLP's part then competes with the block's attention parts in the normalisation.
+
+Cost. One forward pass with hooks on the patterns, values, residuals and MLP outputs (no full
+cache). The importance of the parts of one node costs ``H · (t+1) · d_model`` multiply-adds (the
+L1 distance of every part to the sum); it is taken in chunks of source positions (and of query
+positions), never materialising ``[head, query, key, d_model]``. ``all_positions=True`` does this
+for every node, ``O(L · H · n² · d_model)``; otherwise only the target's nodes are computed up
+front and the others when a walk reaches them (memoised). See ``benchmarks/routes.py``.
+"""
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .. import _tl, _validate
+from .._display import frame_html
+from ..errors import InvalidArgumentError, UnsupportedModelError
+
+__all__ = ["FlowRoutes", "information_flow"]
+
+#: Elements of one ``[head, query, key, d_model]`` chunk of parts (float32: 16 MiB).
+_CHUNK_ELEMENTS = 1 << 22
+#: Key positions per chunk of value vectors.
+_KEY_CHUNK = 64
+#: The paper's default edge threshold.
+DEFAULT_TAU = 0.04
+_OTHER = ("residual", "bias", "mlp")
+
+
+class _Node(NamedTuple):
+    """Importances of the parts of one node: ``heads [head, t+1]`` and ``other [3]``
+    (residual, attention bias, MLP)."""
+
+    heads: Tensor
+    other: Tensor
+
+
+@dataclass(frozen=True)
+class FlowRoutes:
+    """The residual stream of one prompt decomposed into contributions, and its route graph.
+
+    Attributes:
+        tokens: the ``[pos]`` token ids; ``labels`` their text.
+        target: absolute target position (the walk starts at node ``(n_layers, target)``).
+        resid: ``[n_layers + 1, pos, d_model]`` residual after ``ℓ`` blocks (0 = embedding).
+        patterns: ``[layer, head, query, key]`` post-softmax attention.
+        values: ``[layer, pos, kv_head, d_head]`` value vectors (grouped K/V heads not expanded).
+        w_o: ``[layer, head, d_head, d_model]`` output projections; ``b_o`` ``[layer, d_model]``
+            attention output biases (None when the model has none).
+        mlp_out: ``[layer, pos, d_model]`` what each block's MLP adds.
+        norm_weight, norm_inv_scale: the post-attention norm (Gemma 2/3), as ``[layer,
+            d_model]`` elementwise weight and ``[layer, pos]`` per-position ``1/rms``; None when
+            the blocks add their attention output directly.
+        identity_error: ``[layer, pos]`` ``‖Σ parts − x‖₂ / ‖x‖₂`` of the residual after block
+            ``ℓ`` (row ``ℓ−1``) against ``hook_resid_post``, the parts summed per head.
+        all_positions: whether every node's importances were computed up front.
+    """
+
+    tokens: Int[Tensor, " pos"]
+    target: int
+    resid: Float[Tensor, "resid_layer pos d_model"]
+    patterns: Float[Tensor, "layer head_index query_pos key_pos"]
+    values: Float[Tensor, "layer pos kv_head d_head"]
+    w_o: Float[Tensor, "layer head_index d_head d_model"]
+    b_o: Float[Tensor, "layer d_model"] | None
+    mlp_out: Float[Tensor, "layer pos d_model"]
+    norm_weight: Float[Tensor, "layer d_model"] | None
+    norm_inv_scale: Float[Tensor, "layer pos"] | None
+    identity_error: Float[Tensor, "layer pos"]
+    labels: tuple[str, ...] = ()
+    model_name: str = ""
+    all_positions: bool = False
+    chunk_elements: int = _CHUNK_ELEMENTS
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ----------------------------------------------------------------- shape facts
+    @property
+    def n_layers(self) -> int:
+        return self.patterns.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.patterns.shape[1]
+
+    @property
+    def n_pos(self) -> int:
+        return self.tokens.shape[0]
+
+    def _layer(self, layer: int) -> int:
+        n = self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n - 1 <= layer <= n:
+            raise InvalidArgumentError(f"layer={layer!r} must be an int in 0..{n} (or negative)")
+        return layer % (n + 1)
+
+    def _position(self, position: int) -> int:
+        return _validate.resolve_index(position, self.n_pos, name="position")
+
+    # ----------------------------------------------------------------- parts
+    def part_labels(self, layer: int, position: int) -> list[str]:
+        """Names of the parts of node ``(layer, position)`` in the order of :meth:`parts`."""
+        layer, p = self._layer(layer), self._position(position)
+        if layer == 0:
+            return ["embedding"]
+        b = layer - 1
+        heads = [f"L{b}H{h} ← {j}" for h in range(self.n_heads) for j in range(p + 1)]
+        bias = [f"L{b} attn bias"] if self.b_o is not None else []
+        return ["residual", *heads, *bias, f"L{b} mlp"]
+
+    def parts(
+        self, layer: int, position: int
+    ) -> tuple[list[str], Float[Tensor, "part d_model"]]:
+        """``(labels, vectors)``: the parts whose sum is the residual after ``layer`` blocks at
+        ``position`` — ``"residual"`` (after ``layer − 1`` blocks), ``"L{b}H{h} ← {j}"`` for
+        every head and source ``j ≤ position`` (``b = layer − 1``, head-major), ``"L{b} attn
+        bias"`` (when the model has ``b_O``) and ``"L{b} mlp"``. ``layer = 0`` gives the single
+        part ``"embedding"``. Materialises ``head · (position + 1)`` vectors of ``d_model``."""
+        layer, p = self._layer(layer), self._position(position)
+        labels = self.part_labels(layer, p)
+        if layer == 0:
+            return labels, self.resid[0, p][None].clone()
+        b = layer - 1
+        heads = self._head_parts(b, p, 0, p + 1).reshape(-1, self.resid.shape[-1])
+        rows = [self.resid[b, p][None], heads]
+        if self.b_o is not None:
+            rows.append(self._bias(b, [p]))
+        rows.append(self.mlp_out[b, p][None])
+        return labels, torch.cat(rows)
+
+    def importance(self, layer: int, position: int) -> Float[Tensor, " part"]:
+        """Importance of every part of node ``(layer, position)``, aligned with :meth:`parts`:
+        ``max(‖x‖₁ − ‖z − x‖₁, 0)`` normalised to sum to 1 over the parts (``[1.]`` at layer
+        0)."""
+        layer, p = self._layer(layer), self._position(position)
+        if layer == 0:
+            return torch.ones(1, dtype=self.resid.dtype, device=self.resid.device)
+        node = self._nodes(layer - 1, [p])[p]
+        other = node.other if self.b_o is not None else node.other[[0, 2]]
+        return torch.cat([other[:1], node.heads.flatten(), other[1:]])
+
+    # ----------------------------------------------------------------- route graph
+    def edges(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> pd.DataFrame:
+        """The route graph's edges, walking back from node ``(layer, target)`` (default the
+        last layer) and keeping parts with importance ``> tau``.
+
+        Columns: ``layer`` (the block ``b``: the edge runs from node ``(b, source)`` to node
+        ``(b + 1, target)``), ``head`` (an int, or ``"mlp"`` / ``"residual"``), ``source``,
+        ``target`` (positions), ``importance`` (of the part within its node), ``norm``
+        (``‖z‖₂`` of the part) and ``flow`` (the product of importances from the start node
+        down to this edge, summed over kept paths: how much of the start node the edge
+        carries). Attention biases have no source node and are never edges (they still count
+        in the normalisation). Sorted by layer (top first), then importance.
+        """
+        rows = [e for block in self._walk(tau, layer) for e in block.rows()]
+        frame = pd.DataFrame(
+            rows, columns=["layer", "head", "source", "target", "importance", "norm", "flow"]
+        )
+        frame = frame.sort_values(["layer", "importance"], ascending=[False, False])
+        return frame.reset_index(drop=True)
+
+    def to_dataframe(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> pd.DataFrame:
+        """The route graph's edges (:meth:`edges`)."""
+        return self.edges(tau, layer=layer)
+
+    def graph(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> Any:
+        """The route graph as a ``networkx.DiGraph`` on nodes ``(layer, position)`` (attributes
+        ``token`` and ``flow``, the total of :meth:`source_totals` reaching the node). Parts
+        joining the same two nodes (heads attending to the same source; residual and MLP) are
+        one edge with ``importance`` their sum, ``parts`` ``{label: importance}`` (labels
+        ``"L{b}H{h}"``, ``"mlp"``, ``"residual"``) and ``norm`` the sum of their norms."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        start = self._layer(layer)
+        graph.add_node((start, self.target), token=self._label(self.target), flow=1.0)
+        for block in self._walk(tau, layer):
+            for b, head, j, t, imp, norm, flow in block.rows():
+                u, v = (b, j), (b + 1, t)
+                for node in (u, v):
+                    if node not in graph:
+                        graph.add_node(node, token=self._label(node[1]), flow=0.0)
+                graph.nodes[u]["flow"] += flow
+                name = head if isinstance(head, str) else f"L{b}H{head}"
+                if graph.has_edge(u, v):
+                    data = graph.edges[u, v]
+                    data["importance"] += imp
+                    data["norm"] += norm
+                    data["parts"][name] = imp
+                else:
+                    graph.add_edge(u, v, importance=imp, norm=norm, parts={name: imp})
+        return graph
+
+    def source_totals(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> Float[Tensor, " pos"]:
+        """Per source token, the sum over kept paths (embedding ``(0, j)`` → … → ``(layer,
+        target)``) of the product of the edge importances along the path: an attention rollout
+        whose weights are the routes' importances, restricted to the route graph. At ``tau=0``
+        the totals sum to 1 minus the importance mass of attention biases; a larger ``tau``
+        drops paths, so the totals shrink. Float64, ``[pos]``."""
+        flow = torch.zeros(self.n_pos, dtype=torch.float64)
+        for block in self._walk(tau, layer):
+            if block.b == 0:
+                flow = block.sources.cpu()
+        if self._layer(layer) == 0:
+            flow[self.target] = 1.0
+        return flow
+
+    # ----------------------------------------------------------------- display
+    def _label(self, p: int) -> str:
+        return self.labels[p] if self.labels else str(int(self.tokens[p]))
+
+    def _repr_html_(self) -> str:
+        err = float(self.identity_error.max()) if self.identity_error.numel() else 0.0
+        head = (
+            f"<b>FlowRoutes</b> {html.escape(self.model_name)}: target {self.target} "
+            f"({html.escape(repr(self._label(self.target)))}), {self.n_pos} tokens, "
+            f"{self.n_layers} layers; parts sum to the residual to {err:.1e} (relative)"
+        )
+        edges = self.edges()
+        top = edges.sort_values("flow", ascending=False).head(15)
+        totals = self.source_totals()
+        frame = pd.DataFrame(
+            {"token": [self._label(p) for p in range(self.n_pos)], "source_total": totals.numpy()}
+        )
+        return (
+            frame_html(f"{head}<br>Top edges (τ={DEFAULT_TAU}) by flow", top)
+            + frame_html(f"Per-source totals (τ={DEFAULT_TAU})", frame)
+        )
+
+    def plot(self, tau: float = DEFAULT_TAU, *, layer: int = -1):
+        """The route graph with plotly: positions on x (token labels), layers on y, edge width
+        proportional to importance; attention edges blue, MLP orange, residual grey. A plotly
+        figure: ``oversquash_lens.viz.save_html`` writes it with plotly.js inlined (offline)."""
+        import plotly.graph_objects as go
+
+        graph = self.graph(tau, layer=layer)
+        fig = go.Figure()
+        colours = {"attention": "#1f77b4", "mlp": "#ff7f0e", "residual": "#999999"}
+        buckets: dict[tuple[str, int], tuple[list, list]] = {}
+        mids: tuple[list, list, list] = ([], [], [])
+        for (b, j), (_, t), data in graph.edges(data=True):
+            parts = data["parts"]
+            kind = max(parts, key=parts.get)
+            kind = kind if kind in ("mlp", "residual") else "attention"
+            width = 1 + min(8, int(round(12 * data["importance"])))
+            xs, ys = buckets.setdefault((kind, width), ([], []))
+            xs += [j, t, None]
+            ys += [b, b + 1, None]
+            mids[0].append((j + t) / 2)
+            mids[1].append(b + 0.5)
+            mids[2].append(
+                "<br>".join(f"{k}: {v:.3f}" for k, v in sorted(parts.items(), key=lambda x: -x[1]))
+            )
+        for (kind, width), (xs, ys) in sorted(buckets.items()):
+            fig.add_scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"width": width, "color": colours[kind]},
+                name=kind,
+                legendgroup=kind,
+                showlegend=False,
+                hoverinfo="skip",
+                opacity=0.7,
+            )
+        for kind, colour in colours.items():  # one legend entry per kind
+            fig.add_scatter(x=[None], y=[None], mode="lines", line={"color": colour}, name=kind)
+        fig.add_scatter(
+            x=mids[0], y=mids[1], text=mids[2], mode="markers", marker={"size": 4, "opacity": 0},
+            hoverinfo="text", showlegend=False,
+        )  # fmt: skip
+        nodes = list(graph.nodes(data=True))
+        fig.add_scatter(
+            x=[p for (_, p), _ in nodes],
+            y=[lay for (lay, _), _ in nodes],
+            text=[f"layer {lay}, pos {p} {d['token']!r}: flow {d['flow']:.3f}" for (lay, p), d in nodes],
+            mode="markers",
+            marker={"size": 7, "color": "black"},
+            hoverinfo="text",
+            showlegend=False,
+        )  # fmt: skip
+        ticks = sorted({p for (_, p) in graph.nodes})
+        fig.update_xaxes(
+            tickvals=ticks, ticktext=[f"{p}: {self._label(p)}" for p in ticks], title="position"
+        )
+        fig.update_yaxes(title="layer (residual after ℓ blocks)", dtick=1)
+        fig.update_layout(
+            title=f"Information flow routes to position {self.target} (τ={tau})",
+            height=max(400, 22 * (self.n_layers + 1)),
+        )
+        return fig
+
+    # ----------------------------------------------------------------- internals
+    def _inv_scale(self, b: int, positions: list[int]) -> Tensor:
+        if self.norm_inv_scale is None:
+            return torch.ones(len(positions), dtype=self.resid.dtype, device=self.resid.device)
+        return self.norm_inv_scale[b, positions]
+
+    def _bias(self, b: int, positions: list[int]) -> Tensor:
+        """``[q, d_model]`` the attention bias as added at each position (zeros when none)."""
+        if self.b_o is None:
+            return torch.zeros(len(positions), self.resid.shape[-1], device=self.resid.device)
+        bias = self.b_o[b] if self.norm_weight is None else self.b_o[b] * self.norm_weight[b]
+        return bias[None] * self._inv_scale(b, positions)[:, None]
+
+    def _value_out(self, b: int, k0: int, k1: int) -> Tensor:
+        """``[head, key, d_model]`` ``v_j W_O^h`` (times the post-norm weight) for keys
+        ``k0..k1-1``."""
+        v = self.values[b, k0:k1]
+        v = v.repeat_interleave(self.n_heads // v.shape[1], dim=1)  # grouped K/V heads
+        out = torch.einsum("khd,hdm->hkm", v, self.w_o[b])
+        return out if self.norm_weight is None else out * self.norm_weight[b]
+
+    def _head_parts(self, b: int, p: int, k0: int, k1: int) -> Tensor:
+        """``[head, key, d_model]`` parts of node ``(b + 1, p)`` from sources ``k0..k1-1``."""
+        alpha = self.patterns[b, :, p, k0:k1] * self._inv_scale(b, [p])
+        return alpha[..., None] * self._value_out(b, k0, k1)
+
+    def _value_norms(self, b: int) -> Tensor:
+        """``[head, key]`` ``‖v_j W_O^h‖₂`` (memoised per block)."""
+        key = ("vnorm", b)
+        if key not in self._memo:
+            norms = [
+                self._value_out(b, k0, min(self.n_pos, k0 + _KEY_CHUNK)).norm(dim=-1)
+                for k0 in range(0, self.n_pos, _KEY_CHUNK)
+            ]
+            self._memo[key] = torch.cat(norms, dim=1)
+        return self._memo[key]
+
+    def _nodes(self, b: int, positions: list[int]) -> dict[int, _Node]:
+        """Importances of nodes ``(b + 1, p)``, computing (and memoising) the missing ones."""
+        missing = sorted({p for p in positions if (b, p) not in self._memo})
+        if missing:
+            for p, node in _node_importances(self, b, missing):
+                self._memo[(b, p)] = node
+        return {p: self._memo[(b, p)] for p in positions}
+
+    def _walk(self, tau: float, layer: int) -> Iterator["_Block"]:
+        """The kept edges block by block from ``(layer, target)`` down to the embedding."""
+        tau = _check_tau(tau)
+        start = self._layer(layer)
+        weight = torch.zeros(self.n_pos, dtype=torch.float64, device=self.resid.device)
+        weight[self.target] = 1.0
+        for b in reversed(range(start)):
+            reached = weight.nonzero().flatten().tolist()
+            nodes = self._nodes(b, reached)
+            block = _Block(self, b, tau, weight, nodes)
+            weight = block.sources
+            yield block
+            if not reached:
+                break
+
+
+class _Block:
+    """Kept edges of one block: from every reached node ``(b + 1, t)`` with its flow weight, the
+    parts of importance ``> tau``; ``sources [pos]`` is the flow reaching layer ``b``."""
+
+    def __init__(
+        self, routes: FlowRoutes, b: int, tau: float, weight: Tensor, nodes: dict[int, _Node]
+    ):
+        self.routes, self.b = routes, b
+        self.sources = torch.zeros_like(weight)
+        self.kept: list[tuple[int, Tensor, Tensor, Tensor]] = []  # (t, heads idx, other idx, w)
+        for t, node in nodes.items():
+            w = weight[t]
+            heads = (node.heads > tau).nonzero()  # [kept, 2]: (head, source)
+            other = (node.other > tau).nonzero().flatten()
+            other = other[other != 1]  # the bias has no source node
+            vals = node.heads[heads[:, 0], heads[:, 1]].double()
+            self.sources.index_add_(0, heads[:, 1], w * vals)
+            self.sources[t] += w * node.other[other].double().sum()
+            self.kept.append((t, heads, other, w))
+        self.nodes = nodes
+
+    def rows(self) -> Iterator[tuple]:
+        """``(layer, head, source, target, importance, norm, flow)`` per kept part."""
+        r, b = self.routes, self.b
+        if not self.kept:
+            return
+        vnorm = r._value_norms(b)
+        for t, heads, other, w in self.kept:
+            node = self.nodes[t]
+            inv = float(r._inv_scale(b, [t])[0])
+            for h, j in heads.tolist():
+                imp = float(node.heads[h, j])
+                norm = float(r.patterns[b, h, t, j]) * inv * float(vnorm[h, j])
+                yield b, h, j, t, imp, norm, float(w) * imp
+            for k in other.tolist():
+                vec = r.resid[b, t] if k == 0 else r.mlp_out[b, t]
+                imp = float(node.other[k])
+                yield b, _OTHER[k], t, t, imp, float(vec.norm()), float(w) * imp
+
+
+def _check_tau(tau: Any) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise InvalidArgumentError(f"tau={tau!r} must be a float in [0, 1]")
+    if not 0.0 <= float(tau) <= 1.0:
+        raise InvalidArgumentError(f"tau={tau!r} must lie in [0, 1]")
+    return float(tau)
+
+
+def _node_importances(
+    routes: FlowRoutes, b: int, positions: list[int]
+) -> Iterator[tuple[int, _Node]]:
+    """Proximity importances of the parts of nodes ``(b + 1, p)`` for the sorted
+    ``positions``, in chunks of ``[head, query, key, d_model]`` of at most
+    ``routes.chunk_elements`` elements."""
+    r = routes
+    x = r.resid[b + 1, positions]  # [q, d] the sums
+    x_l1 = x.abs().sum(-1)
+    other = torch.stack([r.resid[b, positions], r._bias(b, positions), r.mlp_out[b, positions]])
+    prox_other = (x_l1 - (other - x).abs().sum(-1)).clamp_min(0).T  # [q, 3]
+    n_keys = positions[-1] + 1
+    prox_heads = torch.zeros(r.n_heads, len(positions), n_keys, device=x.device)
+    pos = torch.tensor(positions, device=x.device)
+    inv = r._inv_scale(b, positions)
+    d = x.shape[-1]
+    for k0 in range(0, n_keys, _KEY_CHUNK):
+        k1 = min(n_keys, k0 + _KEY_CHUNK)
+        vw = r._value_out(b, k0, k1)  # [head, c, d]
+        first = int(torch.searchsorted(pos, k0))  # queries that can see these keys
+        rows = max(1, r.chunk_elements // (r.n_heads * (k1 - k0) * d))
+        for q0 in range(first, len(positions), rows):
+            q1 = min(len(positions), q0 + rows)
+            alpha = r.patterns[b, :, pos[q0:q1], k0:k1] * inv[q0:q1, None]  # [head, qq, c]
+            parts = alpha[..., None] * vw[:, None]  # [head, qq, c, d]
+            parts.sub_(x[None, q0:q1, None]).abs_()
+            prox_heads[:, q0:q1, k0:k1] = (x_l1[None, q0:q1, None] - parts.sum(-1)).clamp_min(0)
+    total = prox_heads.sum((0, 2)) + prox_other.sum(-1)
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    prox_heads /= total[None, :, None]
+    prox_other /= total[:, None]
+    for i, p in enumerate(positions):
+        yield p, _Node(prox_heads[:, i, : p + 1].clone(), prox_other[i].clone())
+
+
+# --------------------------------------------------------------------------- entry point
+def information_flow(
+    model: Any,
+    tokens: Any,
+    *,
+    target: int = -1,
+    all_positions: bool = False,
+    chunk_elements: int | None = None,
+) -> FlowRoutes:
+    """Decompose the residual stream into per-head, per-source contributions and build the
+    information flow routes toward ``target`` (Ferrando & Voita 2024; docs/science.md
+    §"Contribution routes and attention flow").
+
+    Example:
+        >>> routes = information_flow(model, "What is the last digit? 3 8 1 9 . Answer:")
+        >>> labels, vectors = routes.parts(3, -1)  # vectors.sum(0) == residual after 3 blocks
+        >>> routes.edges(tau=0.04).head()          # the route graph's strongest edges
+        >>> routes.source_totals()                 # [pos] how much of the target each token is
+
+    Args:
+        model: a TransformerBridge or HookedTransformer (left unchanged; hooks removed).
+        tokens: one sequence (text, ``[pos]`` or ``[1, pos]``).
+        target: the position the routes lead to (negative counts from the end).
+        all_positions: compute every node's importances now (``O(L·H·n²·d_model)``); otherwise
+            the target's nodes now and other nodes when a walk first reaches them.
+        chunk_elements: elements per ``[head, query, key, d_model]`` chunk (default 2**22).
+
+    Returns:
+        :class:`FlowRoutes`; all tensors float32 on the model's device.
+
+    Raises:
+        UnsupportedModelError: no attention hooks (e.g. Mamba), or blocks whose output is not
+            ``residual + attention + MLP`` (checked: the parts must sum to ``hook_resid_post``).
+        InvalidTokensError, InvalidArgumentError: bad tokens, target or options.
+    """
+    info = _tl.require_attention(model)
+    toks = _tl.single_sequence(model, tokens, info)
+    n = toks.shape[1]
+    t = _validate.resolve_index(target, n, name="target")
+    if not isinstance(all_positions, bool):
+        raise InvalidArgumentError(f"all_positions={all_positions!r} must be True or False")
+    chunk = _CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise InvalidArgumentError(f"chunk_elements={chunk_elements!r} must be a positive int")
+    n_layers = info.n_layers
+    post = [_tl.has_post_attn_norm(model, b) for b in range(n_layers)]
+    if any(post) and (not all(post) or _tl.centres_before_norm(model)):
+        raise UnsupportedModelError(
+            f"model {info.name!r}: a post-attention LayerNorm (or one on only some blocks) is not "
+            "supported; only RMS-type post-attention norms on every block are"
+        )
+    names = [_tl.resid_name(n_layers)]
+    for b in range(n_layers):
+        names += [_tl.resid_name(b), _tl.pattern_name(b), _tl.v_name(b), _tl.mlp_out_name(b)]
+        if post[b]:
+            names += list(_tl.post_attn_norm_names(b))
+    store = _tl.capture(model, toks, names, transform=_keep)
+    resid = torch.stack([store[_tl.resid_name(b)] for b in range(n_layers + 1)])
+    patterns, values, mlp_out = (
+        torch.stack([store[name(b)] for b in range(n_layers)])
+        for name in (_tl.pattern_name, _tl.v_name, _tl.mlp_out_name)
+    )
+    w_o = torch.stack([_tl.w_o(model, b).float() for b in range(n_layers)]).to(resid.device)
+    biases = [_tl.b_o(model, b) for b in range(n_layers)]
+    b_o = None if any(x is None for x in biases) else torch.stack(biases).float().to(resid.device)
+    weight = inv_scale = None
+    if any(post):
+        weight, inv_scale = _post_norms(store, n_layers, info.name)
+    routes = FlowRoutes(
+        tokens=toks[0].cpu(),
+        target=t,
+        resid=resid,
+        patterns=patterns,
+        values=values,
+        w_o=w_o,
+        b_o=b_o,
+        mlp_out=mlp_out,
+        norm_weight=weight,
+        norm_inv_scale=inv_scale,
+        identity_error=torch.zeros(n_layers, n, device=resid.device),
+        labels=_labels(model, toks[0]),
+        model_name=info.name,
+        all_positions=all_positions,
+        chunk_elements=chunk,
+    )
+    err = _identity_error(routes)
+    routes.identity_error.copy_(err)
+    tol = max(1e-3, 16 * torch.finfo(_tl.model_dtype(model)).eps)
+    if float(err.max()) > tol:
+        layer, pos = divmod(int(err.argmax()), n)
+        raise UnsupportedModelError(
+            f"model {info.name!r}: the residual after block {layer} at position {pos} is not "
+            f"residual + attention + MLP (relative error {float(err.max()):.2g} > {tol:.1g}); "
+            "its blocks add something these parts do not cover"
+        )
+    for b in range(n_layers):  # the target's nodes now; every node when asked
+        routes._nodes(b, list(range(n)) if all_positions else [t])
+    return routes
+
+
+def _keep(name: str, x: Tensor) -> Tensor:
+    """Hook transform: the one sequence, as float32."""
+    return x[0].float()
+
+
+def _labels(model: Any, ids: Tensor) -> tuple[str, ...]:
+    tokenizer = _tl.text_tokenizer(model)
+    if tokenizer is None:
+        return tuple(str(i) for i in ids.tolist())
+    return tuple(tokenizer.decode([i]) for i in ids.tolist())
+
+
+def _post_norms(store: dict[str, Tensor], n_layers: int, name: str) -> tuple[Tensor, Tensor]:
+    """``([layer, d_model] weight, [layer, pos] 1/rms)`` of the post-attention norms, from this
+    forward pass: ``out = in / scale · w``, ``w`` read per coordinate at the position where the
+    normalised input is largest (so no division by a near-zero entry)."""
+    weights, invs = [], []
+    for b in range(n_layers):
+        x_in, scale, out = (store[n] for n in _tl.post_attn_norm_names(b))
+        inv = 1.0 / scale.reshape(-1)  # [pos]
+        normed = x_in * inv[:, None]
+        best = normed.abs().argmax(0)  # [d_model]
+        cols = torch.arange(normed.shape[1], device=normed.device)
+        w = out[best, cols] / normed[best, cols]
+        w = torch.where(normed[best, cols] == 0, torch.zeros_like(w), w)
+        if float((normed * w - out).abs().max()) > 1e-3 * max(1.0, float(out.abs().max())):
+            raise UnsupportedModelError(
+                f"model {name!r}: the post-attention norm of block {b} is not x / scale · w"
+            )
+        weights.append(w)
+        invs.append(inv)
+    return torch.stack(weights), torch.stack(invs)
+
+
+def _identity_error(r: FlowRoutes) -> Tensor:
+    """``[layer, pos]`` relative L2 error of residual + Σ_h (α v W_O)_h + bias + MLP against
+    the captured residual after each block (parts summed per head, not one by one)."""
+    rows = []
+    for b in range(r.n_layers):
+        v = r.values[b].repeat_interleave(r.n_heads // r.values.shape[2], dim=1)
+        z = torch.einsum("hqk,khd->qhd", r.patterns[b], v)
+        attn = torch.einsum("qhd,hdm->qm", z, r.w_o[b])
+        if r.b_o is not None:
+            attn = attn + r.b_o[b]
+        if r.norm_weight is not None:
+            attn = attn * r.norm_weight[b] * r.norm_inv_scale[b][:, None]
+        x = r.resid[b + 1]
+        diff = (r.resid[b] + attn + r.mlp_out[b] - x).norm(dim=-1)
+        rows.append(diff / x.norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny))
+    return torch.stack(rows)
