@@ -7,6 +7,12 @@ No side effects and no network access on import.
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from .circuits import Composition as Composition
+from .circuits import PathExpansion as PathExpansion
+from .circuits import circuit_summaries as circuit_summaries
+from .circuits import composition as composition
+from .circuits import composition_scores as composition_scores
+from .circuits import path_expansion as path_expansion
 from .collapse import CollapseCurve as CollapseCurve
 from .collapse import ResidualStates as ResidualStates
 from .collapse import capture_residuals as capture_residuals
@@ -17,10 +23,13 @@ from .errors import InvalidTokensError as InvalidTokensError
 from .errors import ModelLoadError as ModelLoadError
 from .errors import OversquashError as OversquashError
 from .errors import UnsupportedModelError as UnsupportedModelError
+from .flow import FlowRoutes as FlowRoutes
 from .flow import OversquashProfile as OversquashProfile
 from .flow import Sensitivity as Sensitivity
+from .flow import attention_flow as attention_flow
 from .flow import attention_rollout as attention_rollout
 from .flow import attention_rollout_from_model as attention_rollout_from_model
+from .flow import information_flow as information_flow
 from .flow import oversquash_profile as oversquash_profile
 from .flow import oversquashing_bound as oversquashing_bound
 from .flow import path_counts as path_counts
@@ -31,7 +40,10 @@ from .glasses import sliding_window as sliding_window
 from .heads import HeadReport as HeadReport
 from .heads import classify_heads as classify_heads
 from .heads import pattern_scores as pattern_scores
+from .models import ModelCard as ModelCard
+from .models import available_models as available_models
 from .models import load_model as load_model
+from .models import model_card as model_card
 from .tasks import AccuracyReport as AccuracyReport
 from .tasks import task_accuracy as task_accuracy
 
@@ -49,6 +61,9 @@ __all__ = [
     "UnsupportedModelError",
     "ModelLoadError",
     "load_model",
+    "available_models",
+    "model_card",
+    "ModelCard",
     "ResidualStates",
     "capture_residuals",
     "CollapseCurve",
@@ -69,4 +84,10 @@ __all__ = [
     "token_sensitivity",
     "OversquashProfile",
     "oversquash_profile",
+    "composition_scores",
+    "composition",
+    "Composition",
+    "circuit_summaries",
+    "path_expansion",
+    "PathExpansion",
 ]

@@ -13,14 +13,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidTokensError
 
 __all__ = [
     "resolve_dtype",
     "resolve_index",
     "resolve_positions",
     "int_list",
-    "positive_int",
     "block_indices",
     "short",
     "integer",
@@ -67,16 +66,16 @@ def resolve_index(index: int, n: int, *, name: str = "target") -> int:
     if isinstance(index, bool) or not isinstance(index, (int, torch.SymInt)):
         if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
             index = int(index)
+        elif _is_int(index):  # numpy integers
+            index = int(index)
         else:
-            raise InvalidArgumentError(f"{name}={index!r} must be an int position")
+            raise InvalidArgumentError(f"{name}={short(index)} must be an int position")
     if not -n <= index < n:
         raise InvalidArgumentError(f"{name}={index} is out of range for {n} positions")
     return index % n
 
 
-def resolve_positions(
-    positions: int | Sequence[int] | slice | Tensor | None, n: int
-) -> Int[Tensor, " kept"]:
+def resolve_positions(positions: Any, n: int) -> Int[Tensor, " kept"]:
     """Positions to keep (int, list, slice, 1-D tensor; negatives allowed), in given order."""
     if positions is None:
         return torch.arange(n)
@@ -88,10 +87,10 @@ def resolve_positions(
         if idx.numel() == 0:
             raise InvalidArgumentError(f"positions={positions!r} selects nothing of {n} positions")
         return idx
-    if isinstance(positions, int) and not isinstance(positions, bool):
+    if _is_int(positions):
         return torch.tensor([resolve_index(positions, n, name="positions")])
-    if isinstance(positions, Tensor):
-        positions = positions.flatten().tolist()
+    if isinstance(positions, Tensor) or type(positions).__name__ == "ndarray":
+        positions = positions.flatten().tolist()  # tensors and numpy arrays alike
     try:
         items = list(positions)
     except TypeError:
@@ -128,16 +127,6 @@ def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> 
             )
             raise InvalidArgumentError(f"{name} contains {n!r}; {name} must be {need}")
     return [int(n) for n in out]
-
-
-def positive_int(value: Any, name: str) -> int:
-    """``value`` as a Python int >= 1 (Python, numpy or 0-d tensor integers); bools, floats,
-    strings, NaN and values < 1 raise InvalidArgumentError naming the value."""
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if not _is_int(value) or value < 1:
-        raise InvalidArgumentError(f"{name}={short(value)} must be a positive int")
-    return int(value)
 
 
 def block_indices(layers: Any, n_layers: int, *, name: str = "layers") -> list[int]:
@@ -241,9 +230,10 @@ def fits_context(
     first would exhaust memory before the proper error."""
     too_long = [n for n in lengths if n + extra > n_ctx]
     if too_long:
-        raise InvalidArgumentError(
-            f"{name} contains {too_long[0]}: {too_long[0] + extra} items cannot fit in the "
-            f"model's n_ctx={n_ctx} (each item is at least one token)"
+        n = too_long[0]
+        raise InvalidTokensError(
+            f"{name}: n={n} cannot fit: {n + extra} items need more than the model's "
+            f"n_ctx={n_ctx} positions (each item is at least one token)"
         )
 
 

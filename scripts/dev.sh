@@ -70,6 +70,8 @@ case "$cmd" in
     log "ruff"
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    log "pyright (type checker, basic mode, pinned in pyproject.toml)"
+    .venv/bin/pyright
     log "test suite (transformer-lens 4.x, TransformerBridge)"
     .venv/bin/python -m pytest -q "$@"
     log "tutorial notebooks (nbmake, quick mode)"

@@ -68,7 +68,7 @@ def test_read_answer():
 
 
 def test_errors(llama):
-    with pytest.raises(OversquashError, match=r"200.*n_ctx=128"):
+    with pytest.raises(OversquashError, match=r"n=200 .* n_ctx=128"):
         task_accuracy(llama, "count-ones", [200])
     with pytest.raises(OversquashError, match="'nope'"):
         task_accuracy(llama, "nope", [3])

@@ -11,6 +11,7 @@ Supported model objects (duck-typed on the HookedRootModule API):
 """
 
 from .cache import cache_pattern_batch as cache_pattern_batch
+from .cache import cache_patterns as cache_patterns
 from .cache import is_activation_cache as is_activation_cache
 from .cache import patterns_from_cache as patterns_from_cache
 from .facts import ModelInfo as ModelInfo
@@ -21,12 +22,14 @@ from .facts import bridge_class as bridge_class
 from .facts import centres_before_norm as centres_before_norm
 from .facts import find_module as find_module
 from .facts import has_post_attn_norm as has_post_attn_norm
+from .facts import is_offloaded as is_offloaded
 from .facts import ln1_scale as ln1_scale
 from .facts import model_device as model_device
 from .facts import model_dtype as model_dtype
 from .facts import model_info as model_info
 from .facts import norm_params as norm_params
 from .facts import prepends_bos as prepends_bos
+from .facts import readable_weights as readable_weights
 from .facts import require_attention as require_attention
 from .facts import text_tokenizer as text_tokenizer
 from .facts import tl_major_version as tl_major_version
@@ -48,6 +51,7 @@ from .names import resid_name as resid_name
 from .names import resid_pre_name as resid_pre_name
 from .names import v_name as v_name
 from .names import z_name as z_name
+from .protocol import HookedModel as HookedModel
 from .run import Hook as Hook
 from .run import attention_patterns as attention_patterns
 from .run import capture as capture
@@ -61,4 +65,3 @@ from .state import preserved as preserved
 from .state import release_graphs as release_graphs
 from .tokens import prepare_tokens as prepare_tokens
 from .tokens import single_sequence as single_sequence
-from .protocol import HookedModel as HookedModel

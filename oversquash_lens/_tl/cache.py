@@ -1,12 +1,22 @@
-"""Reading TransformerLens ActivationCaches (or plain dicts of hook tensors), read-only."""
+"""Reading TransformerLens ActivationCaches (or plain dicts of hook tensors), read-only.
 
+The one pattern adapter of the package: :func:`cache_patterns` turns a cache into a
+``[batch, block, head, query, key]`` tensor, or raises :class:`~oversquash_lens.errors.
+InvalidPatternError` naming what is wrong with it (a key without a block number, a value that
+is not a tensor, blocks of different shapes, blocks missing in the middle or at the start).
+"""
+
+import re
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import InvalidArgumentError
+from .._validate import short
+from ..errors import InvalidPatternError
+
+_PATTERN_KEY = re.compile(r"^blocks\.(\d+)\.attn\.hook_pattern$")
 
 
 def is_activation_cache(obj: Any) -> bool:
@@ -16,30 +26,58 @@ def is_activation_cache(obj: Any) -> bool:
     )
 
 
+def cache_patterns(cache: Any) -> Float[Tensor, "batch layer head_index query_pos key_pos"]:
+    """Every block's ``blocks.{b}.attn.hook_pattern`` stacked as ``[batch, block, head, query,
+    key]`` (a batch-less ``[head, query, key]`` entry counts as batch 1). The cache is only
+    read. Blocks must be 0..L−1 without gaps: a cache holding only some blocks' patterns would
+    silently renumber them, so it is refused with the blocks it does hold."""
+    try:
+        keys = [k for k in cache.keys() if isinstance(k, str) and k.endswith("hook_pattern")]
+    except (AttributeError, TypeError):
+        raise InvalidPatternError(f"cache={short(cache)} has no keys()") from None
+    if not keys:
+        raise InvalidPatternError(
+            "the cache holds no 'blocks.{b}.attn.hook_pattern' entries; run_with_cache with "
+            "names_filter=lambda n: n.endswith('hook_pattern')"
+        )
+    blocks: dict[int, Tensor] = {}
+    for key in keys:
+        match = _PATTERN_KEY.match(key)
+        if match is None:
+            raise InvalidPatternError(
+                f"cache key {key!r} is not of the form 'blocks.<block>.attn.hook_pattern'"
+            )
+        value = cache[key]
+        if not isinstance(value, Tensor):
+            raise InvalidPatternError(f"cache[{key!r}] is a {type(value).__name__}, not a tensor")
+        if value.ndim == 3:
+            value = value.unsqueeze(0)
+        if value.ndim != 4:
+            raise InvalidPatternError(
+                f"cache[{key!r}] has shape {tuple(value.shape)}; expected [batch, head, query, "
+                "key] or [head, query, key]"
+            )
+        blocks[int(match.group(1))] = value
+    present = sorted(blocks)
+    if present != list(range(len(present))):
+        raise InvalidPatternError(
+            f"the cache holds hook_pattern for blocks {present}, not every block 0.."
+            f"{present[-1]}: rows would not be the model's layers; cache every block's pattern "
+            "(or slice the tensor yourself)"
+        )
+    shapes = {b: tuple(t.shape) for b, t in blocks.items()}
+    if len(set(shapes.values())) != 1:
+        raise InvalidPatternError(f"the cached patterns differ in shape across blocks: {shapes}")
+    return torch.stack([blocks[b] for b in present], dim=1)
+
+
 def patterns_from_cache(
     cache: Any, *, batch_index: int = 0
 ) -> Float[Tensor, "layer head_index query_pos key_pos"]:
-    """Stack ``blocks.{l}.attn.hook_pattern`` from an ActivationCache (read-only)."""
-    keys = [k for k in cache.keys() if k.endswith("attn.hook_pattern")]
-    if not keys:
-        raise InvalidArgumentError(
-            "the cache holds no 'blocks.{l}.attn.hook_pattern' entries; run_with_cache with "
-            "names_filter=lambda n: n.endswith('hook_pattern')"
-        )
-    keys.sort(key=lambda k: int(k.split(".")[1]))
-    out = []
-    for k in keys:
-        t = cache[k]
-        if t.ndim == 4:
-            t = t[batch_index]
-        out.append(t)
-    return torch.stack(out, dim=0)
+    """``[block, head, query, key]`` patterns of sequence ``batch_index`` of a cache."""
+    return cache_patterns(cache)[batch_index]
 
 
 def cache_pattern_batch(cache: Any) -> int:
     """Number of sequences behind the ``hook_pattern`` entries of a cache (1 when batch-less)."""
-    for key in cache.keys():
-        if key.endswith("attn.hook_pattern"):
-            t = cache[key]
-            return int(t.shape[0]) if t.ndim == 4 else 1
-    return 1
+    return int(cache_patterns(cache).shape[0])

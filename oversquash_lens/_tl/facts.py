@@ -1,6 +1,8 @@
 """Model facts: TransformerLens version probes, shape facts from ``cfg``, weights and
 normalisation details every analysis needs."""
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +107,35 @@ def require_attention(model: Any, info: ModelInfo | None = None) -> ModelInfo:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the first parameter that holds data (offloaded ``meta`` placeholders of a
+    ``device_map`` model skipped; accelerate moves inputs on to each module's device)."""
     for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+        if not p.is_meta:
+            return p.device
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    return torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")
+
+
+def is_offloaded(model: torch.nn.Module) -> bool:
+    """Whether some weights are offloaded by accelerate (``device_map`` with CPU/disk targets):
+    the module then holds ``meta`` placeholders that are filled in only during its forward."""
+    return any(p.is_meta for p in model.parameters())
+
+
+@contextlib.contextmanager
+def readable_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Offloaded weights of ``module`` and its descendants materialised for the duration
+    (accelerate's ``align_module_device`` on every submodule; a no-op when nothing is
+    offloaded). Tensors read inside stay valid afterwards."""
+    if not any(p.is_meta for p in module.parameters()):
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for submodule in module.modules():
+            stack.enter_context(align_module_device(submodule))
+        yield
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -119,18 +147,20 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def w_o(model: Any, block: int) -> Float[Tensor, "head_index d_head d_model"]:
     """Output projection of every query head of ``block`` (detached)."""
-    return model.blocks[block].attn.W_O.detach()
+    with readable_weights(model.blocks[block]):
+        return model.blocks[block].attn.W_O.detach()
 
 
 def w_v(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
     """Value projection per *query* head (grouped K/V heads repeated to match), detached."""
-    wv = model.blocks[block].attn.W_V.detach()
+    with readable_weights(model.blocks[block]):
+        wv = model.blocks[block].attn.W_V.detach()
     if wv.ndim == 3 and wv.shape[0] != model.cfg.n_heads:
         wv = wv.repeat_interleave(model.cfg.n_heads // wv.shape[0], dim=0)
     return wv
 
 
-def text_tokenizer(model: Any) -> Any | None:
+def text_tokenizer(model: Any) -> Any:
     """The model's Hugging Face tokenizer, or None (e.g. ``boot_native`` models)."""
     return getattr(model, "tokenizer", None) if model is not None else None
 
@@ -152,10 +182,16 @@ def ln1_scale(model: Any, block: int) -> Float[Tensor, " d_model"] | None:
     the norm has no weight (TL ``LayerNormPre``/``RMSNormPre``: already folded). Gemma-style
     RMSNorm (``cfg.rmsnorm_uses_offset``) scales by ``1 + weight``."""
     norm = getattr(model.blocks[block], "ln1", None)
-    weight = getattr(norm, "w", None) if norm is not None else None
-    if not isinstance(weight, Tensor):
-        return None
-    weight = weight.detach()
+    with readable_weights(model.blocks[block]):
+        # A bridge's ``w`` alias is bound once at boot; an offloaded weight is only live on
+        # the wrapped module (``original_component``), so read it there.
+        original = getattr(norm, "_modules", {}).get("_original_component")
+        weight = getattr(original, "weight", None) if original is not None else None
+        if weight is None and norm is not None:
+            weight = getattr(norm, "w", None)
+        if not isinstance(weight, Tensor):
+            return None
+        weight = weight.detach()
     return 1.0 + weight if getattr(model.cfg, "rmsnorm_uses_offset", False) else weight
 
 
@@ -233,12 +269,14 @@ def attention_windows(model: Any) -> list[int | None]:
 
 def w_q(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
     """Query projection of every query head of ``block`` (detached)."""
-    return model.blocks[block].attn.W_Q.detach()
+    with readable_weights(model.blocks[block]):
+        return model.blocks[block].attn.W_Q.detach()
 
 
 def w_k(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
     """Key projection per *query* head (grouped K/V heads repeated to match), detached."""
-    wk = model.blocks[block].attn.W_K.detach()
+    with readable_weights(model.blocks[block]):
+        wk = model.blocks[block].attn.W_K.detach()
     if wk.ndim == 3 and wk.shape[0] != model.cfg.n_heads:
         wk = wk.repeat_interleave(model.cfg.n_heads // wk.shape[0], dim=0)
     return wk
@@ -246,10 +284,11 @@ def w_k(model: Any, block: int) -> Float[Tensor, "head_index d_model d_head"]:
 
 def b_v(model: Any, block: int) -> Float[Tensor, "head_index d_head"] | None:
     """Value bias per *query* head (grouped heads repeated), detached, or None when absent."""
-    bias = getattr(model.blocks[block].attn, "b_V", None)
-    if not isinstance(bias, Tensor):
+    with readable_weights(model.blocks[block]):
+        bias = getattr(model.blocks[block].attn, "b_V", None)
+        bias = bias.detach() if isinstance(bias, Tensor) else None
+    if bias is None:
         return None
-    bias = bias.detach()
     if bias.ndim == 2 and bias.shape[0] != model.cfg.n_heads:
         bias = bias.repeat_interleave(model.cfg.n_heads // bias.shape[0], dim=0)
     return bias
@@ -272,14 +311,20 @@ def norm_params(
     scale (detached; None where absent, e.g. TL's folded ``LayerNormPre``). Gemma-style RMSNorm
     (``cfg.rmsnorm_uses_offset``) scales by ``1 + weight``."""
     norm = find_module(model, path)
-    weight, bias = getattr(norm, "w", None), getattr(norm, "b", None)
-    weight = weight.detach() if isinstance(weight, Tensor) else None
+    if not isinstance(norm, torch.nn.Module):
+        return None, None
+    with readable_weights(norm):
+        weight, bias = getattr(norm, "w", None), getattr(norm, "b", None)
+        weight = weight.detach() if isinstance(weight, Tensor) else None
+        bias = bias.detach() if isinstance(bias, Tensor) else None
     if weight is not None and getattr(model.cfg, "rmsnorm_uses_offset", False):
         weight = 1.0 + weight
-    return weight, bias.detach() if isinstance(bias, Tensor) else None
+    return weight, bias
 
 
-def unembed(model: Any) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"] | None]:
+def unembed(
+    model: Any,
+) -> tuple[Float[Tensor, "d_model d_vocab"], Float[Tensor, " d_vocab"] | None]:
     """``(W_U, b_U)`` of the unembedding (detached; ``b_U`` None when absent)."""
     bias = getattr(model, "b_U", None)
     return model.W_U.detach(), bias.detach() if isinstance(bias, Tensor) else None

@@ -54,6 +54,15 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
     """
     saved: list[tuple[Tensor, Tensor]] = []
     seen: set[int] = set()
+    # accelerate's offload hooks (``device_map`` with CPU/disk targets) swap the Parameter
+    # objects of offloaded modules during every forward: put the original objects back too.
+    slots = [
+        (table, name, t)
+        for m in model.modules()
+        for table in (m._parameters, m._buffers)
+        for name, t in table.items()
+        if t is not None
+    ]
     # TransformerLens components cast to ``cfg.dtype`` inside forward (e.g. RMSNorm's output in
     # TL 3.x), so ``model.to(dtype)`` also updates the config: do the same, and restore it.
     cfg = getattr(model, "cfg", None)
@@ -69,6 +78,8 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
             t.data = t.data.to(dtype)
         yield
     finally:
+        for table, name, t in slots:
+            table[name] = t
         for t, data in saved:
             t.data = data
         if isinstance(cfg_dtype, torch.dtype):

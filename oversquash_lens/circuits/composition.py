@@ -58,9 +58,7 @@ def _check_kind(kind: Any) -> str:
     return kind.upper()
 
 
-def head_factors(
-    model: Any, *, fold_norm: bool = True
-) -> tuple[dict[str, list[Tensor]], bool]:
+def head_factors(model: Any, *, fold_norm: bool = True) -> tuple[dict[str, list[Tensor]], bool]:
     """Per block, float64 CPU copies of ``W_Q, W_K, W_V [head, d_model, d_head]`` (grouped K/V
     heads expanded per query head) and ``W_O [head, d_head, d_model]``. With ``fold_norm`` the
     pre-attention norm's elementwise scale γ of each block is folded into that block's reading
@@ -222,7 +220,9 @@ class Composition:
         idx = torch.cartesian_prod(*(torch.arange(k) for k in (n_layers, n_heads) * 2))
         idx = idx[idx[:, 0] < idx[:, 2]]
         vals = self.scores[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]].double().numpy()
-        frame = pd.DataFrame(idx.numpy(), columns=["source_layer", "source_head", "dest_layer", "dest_head"])
+        frame = pd.DataFrame(
+            idx.numpy(), columns=["source_layer", "source_head", "dest_layer", "dest_head"]
+        )
         frame.insert(4, "source", [f"L{a}H{b}" for a, b in idx[:, :2].tolist()])
         frame.insert(5, "dest", [f"L{a}H{b}" for a, b in idx[:, 2:].tolist()])
         frame["score"] = vals

@@ -49,7 +49,11 @@ def qk_scores(
     r_k = torch.linalg.qr(w_k, mode="r")[1]
     sigma = torch.linalg.svdvals(r_q @ r_k.transpose(-2, -1))  # singular values of W_QK
     lam = torch.linalg.eigvals(w_k.transpose(-2, -1) @ w_q)  # nonzero spectrum of W_QK
-    return trace / sigma.sum(-1), lam.real.sum(-1) / lam.abs().sum(-1), sigma.square().sum(-1).sqrt()
+    return (
+        trace / sigma.sum(-1),
+        lam.real.sum(-1) / lam.abs().sum(-1),
+        sigma.square().sum(-1).sqrt(),
+    )
 
 
 def circuit_summaries(model: Any, *, fold_norm: bool = True) -> pd.DataFrame:

@@ -11,7 +11,7 @@ Precision modes:
 - ``"native"``: the model actually run with its floating parameters and buffers in that dtype
   (``_tl.cast_temporarily``: the original tensors are put back afterwards, bitwise).
 
-8-bit formats (docs/science.md, "Windowed attention and scalable softmax"): ``float8_e4m3fn``
+8-bit formats (docs/science.md §7, "Windowed attention and scalable softmax"): ``float8_e4m3fn``
 (3 mantissa bits, resolution 2^-3, largest finite 448, no infinity) and ``float8_e5m2`` (2 bits,
 2^-2, largest 57344) are rounding targets only: torch has no kernels to run a whole model in
 them, so they are never run natively (``run_in_dtype=True`` with one refuses; ``None`` lists

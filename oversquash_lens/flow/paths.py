@@ -21,14 +21,15 @@ Both conventions therefore cost O(n) big-integer steps (no n×n matrix, no per-p
 log mode uses ``lgamma`` (and a chunked ``logsumexp`` over ``k`` for the residual variant), so
 it works far beyond where the integers become unwieldy.
 
-Sliding windows (``window=w``, docs/science.md "Windowed attention and scalable softmax"): every
-layer links query ``q`` to keys ``q − w < k ≤ q`` only, the banded matrix ``B``, so a step moves
-``0..w−1`` positions and ``(B^L)_{t,i}`` is the coefficient of ``x^d`` in
-``((1 − x^w)/(1 − x))^L`` (``((2 − x − x^w)/(1 − x))^L`` with residual edges, the stay-step
-counted twice). It is 0 exactly when ``d > L·(w − 1)`` (residual edges move nobody) and equals the
-unwindowed count when ``w > d``. The same ODE argument gives, with ``f_{<0} = 0``,
+Sliding windows (``window=w``, docs/science.md §7): every layer links query ``q`` to keys
+``q − w < k ≤ q`` only — the banded matrix ``B`` — so a step moves ``0..w−1`` positions and
+``(B^L)_{t,i}`` is the coefficient of ``x^d`` in ``((1 − x^w)/(1 − x))^L``, or in
+``((2 − x − x^w)/(1 − x))^L`` with residual edges (the zero step counted twice). It is 0 exactly
+when ``d > L·(w − 1)`` (residual edges move nothing further) and equals the unwindowed count
+when ``w > d``. The same ODE argument gives (``f`` for ``B^L``, ``g`` for ``(B + I)^L``,
+entries at negative distance 0)
 
-    (d+1) f_{d+1} = (d+L) f_d + (d−w+1−Lw) f_{d−w+1} + (L(w−1)−d+w) f_{d−w}                (B^L)
+    (d+1) f_{d+1} = (d+L) f_d + (d−w+1−Lw) f_{d−w+1} + (L(w−1)−d+w) f_{d−w}
     2(d+1) g_{d+1} = (3d+L) g_d − (d−1) g_{d−1} + (d−w+1−Lw) g_{d−w+1} + (L(w−1)−d+w) g_{d−w}
 
 (exact integer divisions), again O(n) big-integer steps. Log mode takes ``math.log`` of these
@@ -45,6 +46,7 @@ Example:
 """
 
 import math
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -67,7 +69,7 @@ def path_counts(
     target: int = -1,
     residual_edges: bool = False,
     log: bool = False,
-    window: int | None = None,
+    window: Any = None,
 ) -> list[int] | Float[Tensor, " pos"]:
     """Number of causal paths from every source position to ``target`` (PAPER §3, Thm 5.1).
 
@@ -100,7 +102,7 @@ def path_counts(
     for flag, name in ((residual_edges, "residual_edges"), (log, "log")):
         if not isinstance(flag, bool):
             raise InvalidArgumentError(f"{name}={flag!r} must be True or False")
-    w = None if window is None else _validate.positive_int(window, "window")
+    w = None if window is None else _validate.integer(window, "window", minimum=1)
     if w is not None and w <= t:  # a window narrower than the distances involved
         by_distance = _windowed(t, layers, w, residual_edges)
         if log:

@@ -4,7 +4,9 @@ Seen from one target token, for every source position: the number of causal path
 edge conventions), the attention rollout, the Theorem 5.1 path-sum bound with the model's real
 attention and β from its residual norms, and the measured Jacobian sensitivity. Theory says
 early tokens have many more paths; the profile shows how far the model's attention and its
-actual sensitivity follow that, and ``correlations()`` ranks the agreement.
+actual sensitivity follow that, and ``correlations()`` ranks the agreement. Opt-in
+(``route_tau=τ``): the information-flow routes' per-source totals (:mod:`.routes`) as a
+column ``routes``.
 """
 
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from .._display import frame_html
 from ..errors import InvalidArgumentError
 from .paths import path_counts
 from .rollout import attention_rollout, oversquashing_bound, resolve_beta
+from .routes import FlowRoutes, check_tau, information_flow
 from .sensitivity import Sensitivity, token_sensitivity
 
 __all__ = ["OversquashProfile", "oversquash_profile"]
@@ -40,6 +43,8 @@ class OversquashProfile:
         target: absolute target position.
         layer: the depth ℓ (1..n_layers) shown by default (the last).
         residual: the rollout's residual weight.
+        routes: the :class:`FlowRoutes` of the prompt when asked for (``route_tau``), else None;
+        route_tau: the edge threshold τ of the ``routes`` column.
     """
 
     rollout: Float[Tensor, "layer pos"]
@@ -52,10 +57,17 @@ class OversquashProfile:
     residual: float = 0.5
     labels: tuple[str, ...] = ()
     model_name: str = ""
+    routes: FlowRoutes | None = None
+    route_tau: float | None = None
 
     @property
     def n_layers(self) -> int:
         return self.rollout.shape[0]
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """The measure columns: :data:`MEASURES`, plus ``"routes"`` when computed."""
+        return MEASURES + (("routes",) if self.routes is not None else ())
 
     def _depth(self, layer: int | None) -> int:
         return _depth(self.layer if layer is None else layer, self.n_layers)
@@ -63,11 +75,13 @@ class OversquashProfile:
     def to_dataframe(self, layer: int | None = None) -> pd.DataFrame:
         """One row per position at depth ``layer`` (1..n_layers, -1 = last; default
         ``self.layer``): ``pos``, ``token``, ``log_paths`` (``M^ℓ``), ``log_paths_residual``
-        (``(M+I)^ℓ``), ``rollout``, ``bound`` and ``sensitivity``."""
+        (``(M+I)^ℓ``), ``rollout``, ``bound`` and ``sensitivity``; with ``route_tau`` also
+        ``routes``, the routes' per-source totals toward node ``(ℓ, target)``
+        (:meth:`FlowRoutes.source_totals`)."""
         depth = self._depth(layer)
         n = self.tokens.shape[0]
         row = depth - 1
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "pos": range(n),
                 "token": list(self.labels) or self.tokens.tolist(),
@@ -80,11 +94,14 @@ class OversquashProfile:
                 "sensitivity": self.sensitivity.values[row].double().cpu().numpy(),
             }
         )
+        if self.routes is not None:
+            frame["routes"] = self.routes.source_totals(self.route_tau, layer=depth).numpy()
+        return frame
 
     def correlations(self, layer: int | None = None) -> pd.DataFrame:
         """Spearman rank correlation between the measures over positions ``0..target``."""
         frame = self.to_dataframe(layer).iloc[: self.target + 1]
-        return frame[list(MEASURES)].corr(method="spearman")
+        return frame[list(self.measures)].corr(method="spearman")
 
     def _repr_html_(self) -> str:
         head = (
@@ -101,8 +118,9 @@ class OversquashProfile:
 
         depth = self._depth(layer)
         frame = self.to_dataframe(depth)
-        fig = make_subplots(rows=len(MEASURES), cols=1, shared_xaxes=True, subplot_titles=MEASURES)
-        for i, name in enumerate(MEASURES, start=1):
+        measures = self.measures
+        fig = make_subplots(rows=len(measures), cols=1, shared_xaxes=True, subplot_titles=measures)
+        for i, name in enumerate(measures, start=1):
             fig.add_scatter(
                 x=frame["pos"],
                 y=frame[name],
@@ -114,9 +132,9 @@ class OversquashProfile:
             )
             if name in ("bound", "sensitivity"):
                 fig.update_yaxes(type="log", row=i, col=1)
-        fig.update_xaxes(title_text="source position i", row=len(MEASURES), col=1)
+        fig.update_xaxes(title_text="source position i", row=len(measures), col=1)
         fig.update_layout(
-            height=180 * len(MEASURES),
+            height=180 * len(measures),
             showlegend=False,
             title=f"Over-squashing profile toward position {self.target} (depth {depth})",
         )
@@ -135,6 +153,7 @@ def oversquash_profile(
     beta: Any = "residual",
     layer: int = -1,
     chunk_size: int | None = None,
+    route_tau: float | None = None,
 ) -> OversquashProfile:
     """Path counts, rollout, Theorem 5.1 bound and measured sensitivity for one prompt.
 
@@ -152,11 +171,17 @@ def oversquash_profile(
             divisor of the model's pre-attention norm — the std (LayerNorm) or RMS (RMSNorm) of
             the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
         layer: the depth shown by default (1..n_layers, -1 = the last).
+        route_tau: None (default: the profile as before) or an edge threshold τ in ``[0, 1]``:
+            add the column ``routes``, the per-source totals of :func:`information_flow`'s
+            route graph at that τ (one more forward pass; nodes computed as the walk reaches
+            them). Other columns are unchanged bitwise.
     """
     info = _tl.require_attention(model)
     toks = _tl.single_sequence(model, tokens, info)
     n_layers = info.n_layers
     depth = _depth(layer, n_layers)
+    if route_tau is not None:
+        route_tau = check_tau(route_tau)
     names = [_tl.pattern_name(b) for b in range(n_layers)]
     by_norm = isinstance(beta, str)
     if by_norm and beta != "residual":
@@ -182,6 +207,9 @@ def oversquash_profile(
         seed=seed,
         chunk_size=chunk_size,
     )
+    routes = None
+    if route_tau is not None:
+        routes = information_flow(model, toks, target=sens.target)
     return OversquashProfile(
         rollout=rollout.cpu(),
         bound=bound.cpu(),
@@ -193,6 +221,8 @@ def oversquash_profile(
         residual=float(residual),
         labels=sens.labels,
         model_name=info.name,
+        routes=routes,
+        route_tau=route_tau,
     )
 
 

@@ -237,6 +237,7 @@ def _as_patterns(patterns: Any) -> tuple[Tensor, bool]:
         raise InvalidPatternError(
             f"patterns={type(patterns).__name__} is neither a tensor nor an ActivationCache"
         )
+    patterns = patterns.detach()  # e.g. stacked HF output_attentions: read values, no graph
     shape = tuple(patterns.shape)
     if patterns.ndim == 5 and shape[0] == 1:
         patterns = patterns[0]

@@ -115,10 +115,9 @@ class FlowRoutes:
         return self.tokens.shape[0]
 
     def _layer(self, layer: int) -> int:
+        """A residual layer ``0..n_layers`` (negative counts from the end: -1 = the last)."""
         n = self.n_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n - 1 <= layer <= n:
-            raise InvalidArgumentError(f"layer={layer!r} must be an int in 0..{n} (or negative)")
-        return layer % (n + 1)
+        return _validate.integer(layer, "layer", minimum=-n - 1, maximum=n) % (n + 1)
 
     def _position(self, position: int) -> int:
         return _validate.resolve_index(position, self.n_pos, name="position")
@@ -134,9 +133,7 @@ class FlowRoutes:
         bias = [f"L{b} attn bias"] if self.b_o is not None else []
         return ["residual", *heads, *bias, f"L{b} mlp"]
 
-    def parts(
-        self, layer: int, position: int
-    ) -> tuple[list[str], Float[Tensor, "part d_model"]]:
+    def parts(self, layer: int, position: int) -> tuple[list[str], Float[Tensor, "part d_model"]]:
         """``(labels, vectors)``: the parts whose sum is the residual after ``layer`` blocks at
         ``position`` — ``"residual"`` (after ``layer − 1`` blocks), ``"L{b}H{h} ← {j}"`` for
         every head and source ``j ≤ position`` (``b = layer − 1``, head-major), ``"L{b} attn
@@ -170,8 +167,9 @@ class FlowRoutes:
         """The route graph's edges, walking back from node ``(layer, target)`` (default the
         last layer) and keeping parts with importance ``> tau``.
 
-        Columns: ``layer`` (the block ``b``: the edge runs from node ``(b, source)`` to node
-        ``(b + 1, target)``), ``head`` (an int, or ``"mlp"`` / ``"residual"``), ``source``,
+        Columns: ``block`` ``b`` and ``layer`` ``b + 1`` (the edge runs from node ``(b,
+        source)`` to node ``(b + 1, target)``; docs/science.md "Conventions"), ``head`` (an int,
+        or ``"mlp"`` / ``"residual"``), ``source``,
         ``target`` (positions), ``importance`` (of the part within its node), ``norm``
         (``‖z‖₂`` of the part) and ``flow`` (the product of importances from the start node
         down to this edge, summed over kept paths: how much of the start node the edge
@@ -179,10 +177,10 @@ class FlowRoutes:
         in the normalisation). Sorted by layer (top first), then importance.
         """
         rows = [e for block in self._walk(tau, layer) for e in block.rows()]
-        frame = pd.DataFrame(
-            rows, columns=["layer", "head", "source", "target", "importance", "norm", "flow"]
-        )
-        frame = frame.sort_values(["layer", "importance"], ascending=[False, False])
+        columns = ["block", "head", "source", "target", "importance", "norm", "flow"]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame.insert(1, "layer", frame["block"] + 1)
+        frame = frame.sort_values(["block", "importance"], ascending=[False, False])
         return frame.reset_index(drop=True)
 
     def to_dataframe(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> pd.DataFrame:
@@ -248,9 +246,8 @@ class FlowRoutes:
         frame = pd.DataFrame(
             {"token": [self._label(p) for p in range(self.n_pos)], "source_total": totals.numpy()}
         )
-        return (
-            frame_html(f"{head}<br>Top edges (τ={DEFAULT_TAU}) by flow", top)
-            + frame_html(f"Per-source totals (τ={DEFAULT_TAU})", frame)
+        return frame_html(f"{head}<br>Top edges (τ={DEFAULT_TAU}) by flow", top) + frame_html(
+            f"Per-source totals (τ={DEFAULT_TAU})", frame
         )
 
     def plot(self, tau: float = DEFAULT_TAU, *, layer: int = -1):
@@ -299,12 +296,14 @@ class FlowRoutes:
         fig.add_scatter(
             x=[p for (_, p), _ in nodes],
             y=[lay for (lay, _), _ in nodes],
-            text=[f"layer {lay}, pos {p} {d['token']!r}: flow {d['flow']:.3f}" for (lay, p), d in nodes],
+            text=[
+                f"layer {k[0]}, pos {k[1]} {d['token']!r}: flow {d['flow']:.3f}" for k, d in nodes
+            ],
             mode="markers",
             marker={"size": 7, "color": "black"},
             hoverinfo="text",
             showlegend=False,
-        )  # fmt: skip
+        )
         ticks = sorted({p for (_, p) in graph.nodes})
         fig.update_xaxes(
             tickvals=ticks, ticktext=[f"{p}: {self._label(p)}" for p in ticks], title="position"
@@ -363,7 +362,7 @@ class FlowRoutes:
 
     def _walk(self, tau: float, layer: int) -> Iterator["_Block"]:
         """The kept edges block by block from ``(layer, target)`` down to the embedding."""
-        tau = _check_tau(tau)
+        tau = check_tau(tau)
         start = self._layer(layer)
         weight = torch.zeros(self.n_pos, dtype=torch.float64, device=self.resid.device)
         weight[self.target] = 1.0
@@ -417,12 +416,9 @@ class _Block:
                 yield b, _OTHER[k], t, t, imp, float(vec.norm()), float(w) * imp
 
 
-def _check_tau(tau: Any) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-        raise InvalidArgumentError(f"tau={tau!r} must be a float in [0, 1]")
-    if not 0.0 <= float(tau) <= 1.0:
-        raise InvalidArgumentError(f"tau={tau!r} must lie in [0, 1]")
-    return float(tau)
+def check_tau(tau: Any) -> float:
+    """The edge threshold τ as a float in ``[0, 1]`` (else InvalidArgumentError naming it)."""
+    return _validate.number(tau, "tau", minimum=0.0, maximum=1.0)
 
 
 def _node_importances(
@@ -499,11 +495,10 @@ def information_flow(
     toks = _tl.single_sequence(model, tokens, info)
     n = toks.shape[1]
     t = _validate.resolve_index(target, n, name="target")
-    if not isinstance(all_positions, bool):
-        raise InvalidArgumentError(f"all_positions={all_positions!r} must be True or False")
-    chunk = _CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise InvalidArgumentError(f"chunk_elements={chunk_elements!r} must be a positive int")
+    all_positions = _validate.flag(all_positions, "all_positions")
+    chunk = _CHUNK_ELEMENTS
+    if chunk_elements is not None:
+        chunk = _validate.integer(chunk_elements, "chunk_elements", minimum=1)
     n_layers = info.n_layers
     post = [_tl.has_post_attn_norm(model, b) for b in range(n_layers)]
     if any(post) and (not all(post) or _tl.centres_before_norm(model)):

@@ -28,8 +28,8 @@ def applied(model: Any, intervention: Intervention) -> Iterator[None]:
     if intervention is None:
         yield
     elif callable(intervention):
-        ctx = intervention(model)
-        if not hasattr(ctx, "__enter__"):
+        ctx: Any = intervention(model)
+        if not (hasattr(ctx, "__enter__") and hasattr(ctx, "__exit__")):
             raise InvalidArgumentError(
                 f"intervention={intervention!r} returned {type(ctx).__name__}, "
                 "not a context manager"
@@ -39,6 +39,7 @@ def applied(model: Any, intervention: Intervention) -> Iterator[None]:
     elif isinstance(intervention, (list, tuple)) and all(
         isinstance(h, tuple) and len(h) == 2 and callable(h[1]) for h in intervention
     ):
+        _check_hook_names(model, intervention)
         with model.hooks(fwd_hooks=list(intervention)):
             yield
     else:
@@ -53,3 +54,22 @@ def describe(intervention: Intervention) -> str:
     if intervention is None:
         return "none"
     return getattr(intervention, "__name__", None) or type(intervention).__name__
+
+
+def _check_hook_names(model: Any, hooks: Any) -> None:
+    """Every ``(name, fn)`` pair names a hook point the model has (or is a TransformerLens name
+    filter, a callable); anything else raises InvalidArgumentError naming it and a valid one."""
+    known = getattr(model, "hook_dict", None)
+    for name, _ in hooks:
+        if callable(name):
+            continue
+        if not isinstance(name, str):
+            raise InvalidArgumentError(
+                f"intervention hook name {name!r} must be a hook-point name (str), e.g. "
+                "'blocks.0.attn.hook_pattern'"
+            )
+        if isinstance(known, dict) and name not in known:
+            raise InvalidArgumentError(
+                f"intervention hook name {name!r} is not a hook point of this model, e.g. "
+                f"{next(iter(known), 'blocks.0.attn.hook_pattern')!r}"
+            )

@@ -1,5 +1,5 @@
-"""'Glasses': scalable softmax (SSMax) as an attention intervention (docs/science.md,
-"Windowed attention and scalable softmax"; docs/science.md §7).
+"""'Glasses': scalable softmax (SSMax) as an attention intervention (docs/science.md §7,
+"Windowed attention and scalable softmax").
 
 Nakanishi 2025 (arXiv 2501.19399): a query that sees ``m`` keys takes
 ``softmax((s · ln m) · z)`` of its scores ``z`` instead of ``softmax(z)``, so the largest weight
@@ -30,8 +30,7 @@ Example:
 
 import contextlib
 import math
-import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,55 +38,45 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl, _validate
-from ..errors import InvalidArgumentError
 from .window import active_window, has_attention_sinks
 
 __all__ = ["ssmax_s", "ssmax_beta", "ssmax_pattern", "scalable_softmax"]
 
 
 def _check_s(s: Any) -> float:
-    if (
-        isinstance(s, bool)
-        or not isinstance(s, numbers.Real)
-        or not math.isfinite(float(s))
-        or float(s) <= 0
-    ):
-        raise InvalidArgumentError(f"s={_validate.short(s)} must be a positive finite number")
-    return float(s)
+    return _validate.number(s, "s", minimum=0.0, open_min=True)
 
 
-def ssmax_s(m0: int) -> float:
+def ssmax_s(m0: Any) -> float:
     """The ``s`` that leaves a query seeing ``m0`` keys unchanged (``s · ln m0 = 1``): SSMax
     then flattens attention for fewer keys and sharpens it for more."""
-    m = _validate.positive_int(m0, "m0")
-    if m < 2:
-        raise InvalidArgumentError(f"m0={m0!r} must be >= 2 (ln 1 = 0: no s leaves it unchanged)")
+    m = _validate.integer(m0, "m0", minimum=2)  # ln 1 = 0: no s leaves m0 = 1 unchanged
     return 1.0 / math.log(m)
 
 
 def ssmax_beta(
-    query_len: int, key_len: int, s: float, *, window: int | None = None
+    query_len: int, key_len: int, s: Any, *, window: Any = None
 ) -> Float[Tensor, " query_pos"]:
     """β_i = s · ln m_i (float64) for the last ``query_len`` of ``key_len`` positions, with
     ``m_i = i + 1`` keys (``min(i + 1, window)`` under a sliding window)."""
     s = _check_s(s)
     m = torch.arange(key_len - query_len + 1, key_len + 1, dtype=torch.float64)
     if window is not None:
-        m = m.clamp(max=_validate.positive_int(window, "window"))
+        m = m.clamp(max=_validate.integer(window, "window", minimum=1))
     return s * m.clamp(min=1).log()
 
 
 def ssmax_pattern(
     pattern: Float[Tensor, "*batch query_pos key_pos"],
-    s: float,
+    s: Any,
     *,
-    window: int | None = None,
+    window: Any = None,
     sink: bool = False,
 ) -> Float[Tensor, "*batch query_pos key_pos"]:
-    """SSMax applied to post-softmax rows (docs/science.md, "Windowed attention and scalable
-    softmax"): ``p^β / Σ p^β`` with β per query from :func:`ssmax_beta`, which equals
-    ``softmax(β · scores)``; zero weights stay 0 and rows without a positive weight are left as
-    they are. ``sink=True`` scales a learned sink's logit (its mass ``1 − Σ_j p_ij``) too."""
+    """SSMax applied to post-softmax rows (docs/science.md §7): ``p^β / Σ p^β`` with β per
+    query from :func:`ssmax_beta`, which equals ``softmax(β · scores)``; zero weights stay 0
+    and rows without a positive weight are left as they are. ``sink=True`` scales a learned
+    sink's logit (its mass ``1 − Σ_j p_ij``) too."""
     beta = ssmax_beta(pattern.shape[-2], pattern.shape[-1], s, window=window)
     p = pattern.double()
     if sink:
@@ -104,12 +93,10 @@ def ssmax_pattern(
 
 
 @contextlib.contextmanager
-def scalable_softmax(
-    model: Any, *, s: float, layers: int | Sequence[int] | None = None
-) -> Iterator[Any]:
+def scalable_softmax(model: Any, *, s: Any, layers: Any = None) -> Iterator[Any]:
     """Within the block each chosen layer of ``model`` uses SSMax attention
     ``softmax((s · ln m) · scores)``, ``m`` the number of keys the query sees
-    (docs/science.md, "Windowed attention and scalable softmax"). Yields the model.
+    (docs/science.md §7). Yields the model.
 
     Args:
         model: a TransformerBridge or HookedTransformer (hooks removed on exit, also when the

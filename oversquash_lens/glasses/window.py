@@ -1,5 +1,5 @@
-"""'Glasses': sliding-window attention as an intervention (docs/science.md, "Windowed attention
-and scalable softmax"; docs/science.md §7).
+"""'Glasses': sliding-window attention as an intervention (docs/science.md §7, "Windowed
+attention and scalable softmax").
 
 A window of ``w`` keys lets query ``i`` attend to keys ``j`` with ``i − w < j ≤ i`` (itself
 included): the softmax is taken over those keys only, i.e. the scores of the others are set to
@@ -34,7 +34,7 @@ Example:
 import contextlib
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,22 +51,22 @@ _OPEN: "weakref.WeakKeyDictionary[Any, list[dict[int, int]]]" = weakref.WeakKeyD
 
 
 def window_mask(
-    query_len: int, key_len: int, window: int, *, device: torch.device | str | None = None
+    query_len: int, key_len: int, window: Any, *, device: torch.device | str | None = None
 ) -> Bool[Tensor, "query_pos key_pos"]:
     """Allowed (query, key) pairs: key ``j`` for query ``i`` iff ``i − window < j ≤ i``, where
     the queries are the last ``query_len`` of ``key_len`` positions (``i = key_len − query_len +
     row``)."""
-    w = _validate.positive_int(window, "window")
+    w = _validate.integer(window, "window", minimum=1)
     i = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     j = torch.arange(key_len, device=device)[None, :]
     return (j <= i) & (j > i - w)
 
 
 def window_pattern(
-    pattern: Float[Tensor, "*batch query_pos key_pos"], window: int, *, sink: bool = False
+    pattern: Float[Tensor, "*batch query_pos key_pos"], window: Any, *, sink: bool = False
 ) -> Float[Tensor, "*batch query_pos key_pos"]:
-    """The attention a ``window``-key sliding window gives (docs/science.md, "Windowed attention
-    and scalable softmax"): ``pattern`` zeroed outside ``i − w < j ≤ i`` and each row
+    """The attention a ``window``-key sliding window gives (docs/science.md §7): ``pattern``
+    zeroed outside ``i − w < j ≤ i`` and each row
     renormalised, which equals the softmax of the scores masked with −inf. ``sink=True`` treats
     ``1 − Σ_j p_ij`` as the mass of a learned sink logit, which keeps its score.
 
@@ -107,12 +107,10 @@ def active_window(model: Any, block: int) -> int | None:
 
 
 @contextlib.contextmanager
-def sliding_window(
-    model: Any, window: int, *, layers: int | Sequence[int] | None = None
-) -> Iterator[Any]:
+def sliding_window(model: Any, window: Any, *, layers: Any = None) -> Iterator[Any]:
     """Within the block each chosen layer of ``model`` attends only to the last ``window``
-    keys of every query, itself included (docs/science.md, "Windowed attention and scalable
-    softmax"): exactly the softmax over keys ``i − window < j ≤ i``. Yields the model.
+    keys of every query, itself included (docs/science.md §7): exactly the softmax over keys
+    ``i − window < j ≤ i``. Yields the model.
 
     Args:
         model: a TransformerBridge or HookedTransformer (hooks removed on exit, also when the
@@ -130,7 +128,7 @@ def sliding_window(
     :class:`UnsupportedModelError` for a model whose ``hook_pattern`` edits do not reach its
     output (checked with a 3-token probe), instead of silently changing nothing."""
     info = _tl.require_attention(model)
-    w = _validate.positive_int(window, "window")
+    w = _validate.integer(window, "window", minimum=1)
     blocks = _validate.block_indices(layers, info.n_layers)
     _tl.check_pattern_edits_reach_output(model)
     sink = has_attention_sinks(model)

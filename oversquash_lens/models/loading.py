@@ -84,8 +84,20 @@ def load_model(
             f"device_map={device_map!r} / max_memory={max_memory!r} rejected while loading "
             f"{folder!r}: {exc}"
         ) from exc
+    if dispatch and str(getattr(model.cfg, "device", "")) == "meta":
+        # Every weight offloaded: TransformerLens reads cfg.device from the (meta) embedding,
+        # so ``to_tokens`` would put tokens on meta; use the dispatcher's execution device.
+        model.cfg.device = _execution_device(model.original_model)
     model.eval()
     return model
+
+
+def _execution_device(hf_model: Any) -> str:
+    for module in hf_model.modules():
+        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if device is not None and str(device) != "meta":
+            return str(device if not isinstance(device, int) else f"cuda:{device}")
+    return "cpu"
 
 
 def _resolve_folder(name_or_path: Any, cache_dir: Any) -> str:

@@ -76,7 +76,14 @@ def _hf_model(
 ) -> Any:
     import transformers as tf
 
-    common = {"vocab_size": d_vocab, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 3}
+    common: dict[str, Any] = {
+        "vocab_size": d_vocab,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 3,
+    }
+    cfg: Any
+    cls: Any
     if arch == "gpt2":
         cfg = tf.GPT2Config(
             n_positions=n_ctx,
@@ -233,10 +240,13 @@ def tiny_hooked_model(
 
     Raises ImportError on transformer-lens 4, which removed ``HookedTransformer``.
     """
+    import importlib
     import warnings
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+    tl: Any = importlib.import_module("transformer_lens")  # TL 2.x/3.x names (gone in TL 4)
+    if not hasattr(tl, "HookedTransformer"):
+        raise ImportError("transformer-lens 4 has no HookedTransformer; use tiny_model()")
+    HookedTransformer, HookedTransformerConfig = tl.HookedTransformer, tl.HookedTransformerConfig
     cfg = HookedTransformerConfig(
         d_model=d_model,
         d_head=d_model // n_heads,
@@ -253,11 +263,12 @@ def tiny_hooked_model(
     from transformers import AutoTokenizer
 
     # TL needs a tokenizer that was loaded from disk (it reads init_kwargs["name_or_path"]).
+    # TL reloads it from that folder (get_tokenizer_with_bos), so build the model inside.
     with tempfile.TemporaryDirectory(prefix="oversquash_tiny_tok_") as folder:
         tiny_tokenizer().save_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg, tokenizer=tokenizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.eval()
     return model

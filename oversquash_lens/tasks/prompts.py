@@ -188,7 +188,7 @@ def repeated_pair(
     """
     codec = _Codec(model, bos=bos, symbols=symbols)
     n = _check_n(n)
-    kw = dict(prefix=prefix, sep=sep, every=every, filler=filler, joiner=joiner)
+    kw: dict[str, Any] = dict(prefix=prefix, sep=sep, every=every, filler=filler, joiner=joiner)
     base = _sequence(codec, [item] * n, **kw)
     ext = _sequence(codec, [item] * (n + 1), **kw)
     unit = codec.ids(item, joiner=joiner)
@@ -224,7 +224,7 @@ def copy_pair(
     zero, last token repeated); ``which="first"``: ``0 1…1`` vs ``1 1…1`` (same length)."""
     codec = _Codec(model, bos=bos, symbols=symbols)
     n = _check_n(n, 2)
-    kw = dict(prefix=prefix, joiner=joiner)
+    kw: dict[str, Any] = dict(prefix=prefix, joiner=joiner)
     if which == "last":
         base = _sequence(codec, [item] * (n - 1) + [other], **kw)
         ext = _sequence(codec, [item] * (n - 1) + [other, other], **kw)
@@ -274,7 +274,7 @@ def counting_prompt(
     between = "+" if kind == "sum" else (filler if remedy == "interleave" else None)
     tmpl = (template or _TEMPLATES[kind]).replace("{word}", word)
     name = "sum-ones" if kind == "sum" else f"count-{kind}"
-    opts = dict(every=every, sep=sep, filler=between, hint=hint)
+    opts: dict[str, Any] = dict(every=every, sep=sep, filler=between, hint=hint)
     return _prompt(model, items, str(answer), name, n, remedy, tmpl, bos, symbols, **opts)
 
 
@@ -297,7 +297,7 @@ def copying_prompt(
         items += [other] * repeat
     tmpl = template or _TEMPLATES[which]
     between = filler if remedy == "interleave" else None
-    opts = dict(every=every, sep=sep, filler=between, hint=hint)
+    opts: dict[str, Any] = dict(every=every, sep=sep, filler=between, hint=hint)
     return _prompt(model, items, other, f"copy-{which}", n, remedy, tmpl, bos, symbols, **opts)
 
 
@@ -312,7 +312,8 @@ def _prompt(
     if remedy == "hint":
         prefix = f"{hint} {prefix}".strip()
     ids = _sequence(codec, items, prefix=prefix, suffix=suffix, filler=filler, **kw)
-    text = codec.tokenizer.decode(ids[len(codec.bos) :]) if codec.has_text else ""
+    tok = codec.tokenizer
+    text = tok.decode(ids[len(codec.bos) :]) if tok is not None else ""
     return Prompt(torch.tensor(ids, dtype=torch.long), answer, task, n, remedy, text)
 
 

@@ -1,0 +1,229 @@
+"""The result of :func:`oversquash_lens.circuits.path_expansion` and its aggregations
+(docs/science.md §"Circuits framework")."""
+
+import html
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .._display import frame_html
+from ..errors import InvalidArgumentError, InvalidTokensError
+
+__all__ = ["PathExpansion", "path_label"]
+
+Path = tuple[tuple[int, int], ...]
+
+
+def path_label(path: Path) -> str:
+    """``()`` → ``"embed"``, ``((0, 3),)`` → ``"L0H3"``, ``((0, 3), (1, 5))`` →
+    ``"L0H3 → L1H5"``."""
+    return " → ".join(f"L{layer}H{head}" for layer, head in path) if path else "embed"
+
+
+@dataclass(frozen=True)
+class PathExpansion:
+    """The target's final residual split into paths (see :mod:`.expansion`).
+
+    Attributes:
+        paths: one tuple of ``(layer, head)`` per term, in the row order of ``vectors``
+            (``()`` is the direct path: the embedding incl. position).
+        vectors: ``[term, d_model]``, each path's contribution to the residual.
+        remainder_parts: ``higher_order`` (paths longer than ``max_order``),
+            ``attention_bias`` (paths started at b_O, b_V or a norm's β) and ``mlp`` (paths
+            started at an MLP output); each ``[d_model]``; they sum to :attr:`remainder`.
+        listed_check: what the listed terms add up to, computed the other way (propagating
+            each order through all positions); compare with ``vectors.sum(0)``.
+        residual: the measured ``hook_resid_post`` of the last block at the target.
+        by_position: ``[order, pos, d_model]``: for order k = 0..max_order, the sum of all
+            order-k terms split by the source position whose embedding they carry.
+        final_scale, final_gamma, final_beta, final_centres: the final norm frozen at the
+            target (divisor, scale, bias, LayerNorm centring), for logit contributions.
+        w_u, b_u: the model's unembedding (a view, not a copy).
+    """
+
+    paths: tuple[Path, ...]
+    vectors: Float[Tensor, "term d_model"]
+    remainder_parts: dict[str, Tensor]
+    listed_check: Float[Tensor, " d_model"]
+    residual: Float[Tensor, " d_model"]
+    by_position: Float[Tensor, "order pos d_model"]
+    tokens: Int[Tensor, " pos"]
+    target: int
+    max_order: int
+    final_scale: float
+    final_gamma: Tensor | None
+    final_beta: Tensor | None
+    final_centres: bool
+    w_u: Float[Tensor, "d_model d_vocab"] = field(repr=False)
+    b_u: Tensor | None = field(repr=False)
+    labels: tuple[str, ...] = ()
+    model_name: str = ""
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def remainder(self) -> Float[Tensor, " d_model"]:
+        """Everything not listed term by term; ``vectors.sum(0) + remainder ≈ residual``."""
+        return sum(self.remainder_parts.values(), torch.zeros_like(self.residual))
+
+    @property
+    def orders(self) -> Int[Tensor, " term"]:
+        return torch.tensor([len(p) for p in self.paths])
+
+    @property
+    def term_labels(self) -> tuple[str, ...]:
+        return tuple(path_label(p) for p in self.paths)
+
+    def _relative(self, gap: Tensor) -> float:
+        scale = float(self.residual.double().norm())
+        return float(gap.double().norm()) / max(scale, 1e-30)
+
+    @property
+    def reconstruction_error(self) -> float:
+        """‖Σ terms + remainder − measured residual‖ / ‖residual‖ (the frozen linear model's
+        exactness; float rounding only, ~1e-7..1e-5)."""
+        return self._relative(self.vectors.sum(0) + self.remainder - self.residual)
+
+    @property
+    def consistency_error(self) -> float:
+        """‖Σ terms − :attr:`listed_check`‖ / ‖residual‖ (term-by-term vs propagated)."""
+        return self._relative(self.vectors.sum(0) - self.listed_check)
+
+    # ------------------------------------------------------------------ logits
+    def token_id(self, token: Any) -> int:
+        """A token id from an int or a one-token string (needs the model's tokenizer)."""
+        d_vocab = self.w_u.shape[1]
+        if isinstance(token, str):
+            if self.tokenizer is None:
+                raise InvalidTokensError(f"token={token!r} is text but the model has no tokenizer")
+            ids = self.tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise InvalidTokensError(f"token={token!r} is {len(ids)} tokens {ids}, not one")
+            return int(ids[0])
+        if isinstance(token, Tensor) and token.numel() == 1 and not token.is_floating_point():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+            raise InvalidTokensError(f"token={token!r} must be a token id (int) or a string")
+        if not 0 <= int(token) < d_vocab:
+            raise InvalidTokensError(f"token={token} is outside the vocabulary [0, {d_vocab})")
+        return int(token)
+
+    def logit_direction(self, token: Any) -> Float[Tensor, " d_model"]:
+        """``u`` with ``logit contribution of v = v · u``: the token's unembedding column seen
+        through the final norm frozen at the target, ``C (γ ⊙ W_U[:, token]) / σ``."""
+        col = self.w_u[:, self.token_id(token)].detach().double().cpu()
+        if self.final_gamma is not None:
+            col = col * self.final_gamma.double()
+        if self.final_centres:
+            col = col - col.mean()
+        return col / self.final_scale
+
+    def logit_constant(self, token: Any) -> float:
+        """The part of the logit no path carries: ``β · W_U[:, token] + b_U[token]``."""
+        tok = self.token_id(token)
+        value = 0.0
+        if self.final_beta is not None:
+            value += float(self.final_beta.double() @ self.w_u[:, tok].detach().double().cpu())
+        if self.b_u is not None:
+            value += float(self.b_u[tok])
+        return value
+
+    def _logits(self, token: Any) -> Tensor:
+        return self.vectors.double() @ self.logit_direction(token)
+
+    def logit_contributions(self, token: Any) -> pd.DataFrame:
+        """One row per term — ``term``, ``order``, ``logit`` (its contribution to the token's
+        logit through the frozen final norm) — largest first. The remainder parts and the
+        constant are in :meth:`logit_breakdown`."""
+        frame = pd.DataFrame(
+            {"term": self.term_labels, "order": self.orders.numpy(), "logit": self._logits(token)}
+        )
+        return frame.sort_values("logit", ascending=False, kind="stable").reset_index(drop=True)
+
+    def logit_breakdown(self, token: Any) -> pd.Series:
+        """The token's logit split into: each order's total, each remainder part, the
+        constant; ``total`` (their sum) and ``model_logit`` (from the measured residual; the
+        model's own logit up to any final soft-capping)."""
+        u = self.logit_direction(token)
+        logits, orders = self._logits(token), self.orders
+        parts = {f"order_{k}": float(logits[orders == k].sum()) for k in range(self.max_order + 1)}
+        parts |= {name: float(v.double() @ u) for name, v in self.remainder_parts.items()}
+        parts["constant"] = self.logit_constant(token)
+        parts["total"] = sum(parts.values())
+        parts["model_logit"] = float(self.residual.double() @ u) + parts["constant"]
+        return pd.Series(parts, name="logit")
+
+    # ------------------------------------------------------------------ tables
+    def _scores(self, vectors: Tensor, token: Any | None) -> dict[str, Any]:
+        v = vectors.double()
+        x = self.residual.double()
+        out = {"norm": v.norm(dim=-1).numpy(), "resid_share": (v @ x / (x @ x)).numpy()}
+        if token is not None:
+            out["logit"] = (v @ self.logit_direction(token)).numpy()
+        return out
+
+    def to_dataframe(self, token: Any | None = None) -> pd.DataFrame:
+        """One row per term (rows of :attr:`vectors`): ``term`` (``"L0H3 → L1H5"``), ``order``,
+        ``norm``, ``resid_share`` (v · x / ‖x‖², sums to 1 with the remainder) and, with a
+        ``token``, ``logit``."""
+        frame = pd.DataFrame({"term": self.term_labels, "order": self.orders.numpy()})
+        return frame.assign(**self._scores(self.vectors, token))
+
+    def by_path(self, token: Any | None = None, *, order: int | None = None) -> pd.DataFrame:
+        """:meth:`to_dataframe`, optionally of one order, sorted by ``logit`` (with a token) or
+        by ``norm``."""
+        frame = self.to_dataframe(token)
+        if order is not None:
+            frame = frame[frame["order"] == self._order(order)]
+        key = "logit" if token is not None else "norm"
+        return frame.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
+
+    def by_order(self, token: Any | None = None) -> pd.DataFrame:
+        """Rows ``order_0 … order_k`` (sum of each order's terms) and the remainder parts."""
+        rows = [f"order_{k}" for k in range(self.max_order + 1)] + list(self.remainder_parts)
+        orders = self.orders
+        sums = [self.vectors[orders == k].sum(0) for k in range(self.max_order + 1)]
+        stacked = torch.stack(sums + list(self.remainder_parts.values()))
+        return pd.DataFrame({"part": rows, **self._scores(stacked, token)})
+
+    def by_source_position(self, token: Any | None = None) -> pd.DataFrame:
+        """One row per (order, source position): the order's terms restricted to what they
+        carry from that position's embedding."""
+        n_orders, n, _ = self.by_position.shape
+        labels = list(self.labels) or [str(i) for i in self.tokens.tolist()]
+        frame = pd.DataFrame(
+            {
+                "order": [k for k in range(n_orders) for _ in range(n)],
+                "pos": list(range(n)) * n_orders,
+                "token": labels[:n] * n_orders,
+            }
+        )
+        return frame.assign(**self._scores(self.by_position.reshape(n_orders * n, -1), token))
+
+    def _order(self, order: Any) -> int:
+        if isinstance(order, bool) or not isinstance(order, int):
+            raise InvalidArgumentError(f"order={order!r} must be an int")
+        if not 0 <= order <= self.max_order:
+            raise InvalidArgumentError(f"order={order} is not in 0..{self.max_order}")
+        return order
+
+    def _repr_html_(self) -> str:
+        title = (
+            f"<b>PathExpansion</b> {html.escape(self.model_name)}: target {self.target} "
+            f"({html.escape(self.labels[self.target] if self.labels else '')!s}), "
+            f"{len(self.paths)} terms up to order {self.max_order}; reconstruction error "
+            f"{self.reconstruction_error:.2e}"
+        )
+        return frame_html(title, self.by_order())
+
+    def plot(self, token: Any, *, k: int = 20, order: int | None = 2) -> Any:
+        """Bar chart of the ``k`` terms (of ``order``; None: all) with the largest logit
+        contribution to ``token`` (see :func:`oversquash_lens.circuits.plots.top_paths_bar`)."""
+        from .plots import top_paths_bar
+
+        return top_paths_bar(self, token, k=k, order=order)
