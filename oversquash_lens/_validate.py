@@ -200,7 +200,7 @@ def number(
         hi = ")" if open_max else "]"
         low = "-inf" if minimum is None else f"{minimum:g}"
         high = "inf" if maximum is None else f"{maximum:g}"
-        raise InvalidArgumentError(f"{name}={out:g} is outside {lo}{low}, {high}{hi}")
+        raise InvalidArgumentError(f"{name}={out!r} is outside {lo}{low}, {high}{hi}")
     return out
 
 

@@ -90,19 +90,23 @@ def _dense_scores(model, kind, fold_norm):
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
 def test_composition_matches_dense_reference(arch_model, kind):
     for fold in (True, False):
-        fast = composition_scores(arch_model, kind, fold_norm=fold)
+        fast = composition_scores(arch_model, kind, fold_norm=fold, dtype=torch.float64)
         dense = _dense_scores(arch_model, kind, fold)
         assert fast.shape == (2, 4, 2, 4) and fast.dtype == torch.float64
         torch.testing.assert_close(fast, dense, rtol=1e-9, atol=1e-12)
+        single = composition_scores(arch_model, kind, fold_norm=fold)
+        assert single.dtype == torch.float32
+        torch.testing.assert_close(single.double(), dense, rtol=1e-5, atol=1e-7)
     assert torch.all(fast[1] == 0) and torch.all(fast[:, :, 0] == 0)  # masked l1 >= l2
 
 
 def test_composition_folds_norm_scale():
     model = _perturbed("llama")
     for kind in "QKV":
-        folded = composition_scores(model, kind)
+        folded = composition_scores(model, kind, dtype=torch.float64)
         torch.testing.assert_close(folded, _dense_scores(model, kind, True), rtol=1e-9, atol=0)
-        assert (folded - composition_scores(model, kind, fold_norm=False)).abs().max() > 1e-3
+        unfolded = composition_scores(model, kind, fold_norm=False, dtype=torch.float64)
+        assert (folded - unfolded).abs().max() > 1e-3
     assert composition(model, "V").folded and not composition(model, "V", fold_norm=False).folded
 
 
@@ -354,6 +358,12 @@ def test_expansion_tables_and_plot(llama):
     assert by_order["resid_share"].sum() == pytest.approx(1.0, abs=1e-4)
     pairs = exp.by_path(7, order=2)
     assert len(pairs) == 16 and pairs["logit"].is_monotonic_decreasing
+    logits = _tl.run_with_hooks(llama, TOKENS[None], [])[0, -1]
+    diff = exp.logit_breakdown(7, versus=5)
+    assert diff["total"] == pytest.approx(float(logits[7] - logits[5]), rel=1e-4, abs=1e-5)
+    frame = exp.logit_contributions(7, versus=5).set_index("term")["logit"]
+    single = [exp.logit_contributions(t).set_index("term")["logit"] for t in (7, 5)]
+    pd.testing.assert_series_equal(frame, (single[0] - single[1])[frame.index], atol=1e-6)
     contributions = exp.logit_contributions("5")  # one-token string through the tokenizer
     assert contributions["logit"].is_monotonic_decreasing
     fig = exp.plot(7, k=5)
@@ -367,6 +377,8 @@ def test_bad_inputs_raise(llama):
     for kind in ("X", "", "QK"):
         with pytest.raises(InvalidArgumentError, match=repr(kind)):
             composition_scores(llama, kind)
+    with pytest.raises(InvalidArgumentError, match="int64"):
+        composition_scores(llama, "Q", dtype=torch.int64)
     with pytest.raises(UnsupportedModelError):
         composition_scores(torch.nn.Linear(2, 2), "Q")
     with pytest.raises(InvalidArgumentError, match="100"):

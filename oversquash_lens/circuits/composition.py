@@ -88,9 +88,10 @@ def _right_core(u: Tensor, v: Tensor) -> Tensor:
 
 
 def scores_from_factors(
-    factors: dict[str, list[Tensor]], kind: str, *, dtype: torch.dtype = torch.float64
+    factors: dict[str, list[Tensor]], kind: str, *, dtype: torch.dtype = torch.float32
 ) -> Scores:
-    """Composition scores of ``kind`` from :func:`head_factors`; entries with ℓ₁ ≥ ℓ₂ are 0."""
+    """Composition scores of ``kind`` from :func:`head_factors`; entries with ℓ₁ ≥ ℓ₂ are 0.
+    The cores come from float64 QR; their pair products and norms run in ``dtype``."""
     n_layers = len(factors["O"])
     n_heads, _, d_head = factors["V"][0].shape
     left = [_left_core(factors["V"][b], factors["O"][b]).to(dtype) for b in range(n_layers)]
@@ -115,10 +116,18 @@ def scores_from_factors(
         scores[b1, :, b1 + 1 :] = norms / (
             left_norm[b1][:, None, None] * right_norm[b1 + 1 :][None, :, :]
         )
-    return scores.float() if dtype != torch.float64 else scores
+    return scores
 
 
-def composition_scores(model: Any, kind: str, *, fold_norm: bool = True) -> Scores:
+def _check_dtype(dtype: Any) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise InvalidArgumentError(f"dtype={dtype!r} must be torch.float32 or torch.float64")
+    return dtype
+
+
+def composition_scores(
+    model: Any, kind: str, *, fold_norm: bool = True, dtype: torch.dtype = torch.float32
+) -> Scores:
     """Normalised ``kind``-composition score of every head pair (docs/science.md §"Circuits
     framework"): ``scores[l1, h1, l2, h2]`` for an earlier head (l1, h1) writing into a later
     head (l2, h2); 0 where ``l1 >= l2`` (TransformerLens' mask). NaN for a head whose circuit
@@ -138,13 +147,17 @@ def composition_scores(model: Any, kind: str, *, fold_norm: bool = True) -> Scor
             γ left, so this changes nothing); a ``TransformerBridge`` keeps γ in the norm, and
             ``fold_norm=False`` then reproduces its ``all_composition_scores`` exactly.
             The norm's mean subtraction (LayerNorm) is not folded (TL's ``center_weights``).
+        dtype: precision of the pair products (the factor cores always come from float64
+            QR): float32 (default; ~1e-7 relative error, half the time of float64 — 9 s vs
+            19 s for SmolLM2-135M's 35k pairs on one CPU thread) or float64.
 
     Returns:
-        ``[layer, head_index, layer, head_index]`` float64 scores in [0, 1].
+        ``[layer, head_index, layer, head_index]`` scores in [0, 1], in ``dtype``.
     """
     kind = _check_kind(kind)
+    dtype = _check_dtype(dtype)
     factors, _ = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
-    return scores_from_factors(factors, kind)
+    return scores_from_factors(factors, kind, dtype=dtype)
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -259,6 +272,7 @@ def composition(
     fold_norm: bool = True,
     baseline_samples: int = 256,
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> Composition:
     """:func:`composition_scores` together with the random baseline, as a result object with
     ``to_dataframe()``, ``top(k)``, ``relative`` and ``plot()``.
@@ -268,13 +282,14 @@ def composition(
         >>> comp.top(5)  # the five most V-composed pairs, with score / random baseline
     """
     kind = _check_kind(kind)
+    dtype = _check_dtype(dtype)
     info = _tl.model_info(model)
     factors, folded = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
     mean, std = random_composition_baseline(
         info.d_model, info.d_head, n_samples=baseline_samples, seed=seed
     )
     return Composition(
-        scores=scores_from_factors(factors, kind),
+        scores=scores_from_factors(factors, kind, dtype=dtype),
         kind=kind,
         baseline=mean,
         baseline_std=std,

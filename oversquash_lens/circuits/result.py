@@ -113,47 +113,59 @@ class PathExpansion:
             raise InvalidTokensError(f"token={token} is outside the vocabulary [0, {d_vocab})")
         return int(token)
 
-    def logit_direction(self, token: Any) -> Float[Tensor, " d_model"]:
+    def logit_direction(self, token: Any, versus: Any | None = None) -> Float[Tensor, " d_model"]:
         """``u`` with ``logit contribution of v = v · u``: the token's unembedding column seen
-        through the final norm frozen at the target, ``C (γ ⊙ W_U[:, token]) / σ``."""
+        through the final norm frozen at the target, ``C (γ ⊙ W_U[:, token]) / σ``; with
+        ``versus``, the direction of the logit difference ``logit(token) − logit(versus)``."""
         col = self.w_u[:, self.token_id(token)].detach().double().cpu()
+        if versus is not None:
+            col = col - self.w_u[:, self.token_id(versus)].detach().double().cpu()
         if self.final_gamma is not None:
             col = col * self.final_gamma.double()
         if self.final_centres:
             col = col - col.mean()
         return col / self.final_scale
 
-    def logit_constant(self, token: Any) -> float:
-        """The part of the logit no path carries: ``β · W_U[:, token] + b_U[token]``."""
-        tok = self.token_id(token)
+    def logit_constant(self, token: Any, versus: Any | None = None) -> float:
+        """The part of the logit no path carries: ``β · W_U[:, token] + b_U[token]`` (minus
+        the same for ``versus``)."""
         value = 0.0
-        if self.final_beta is not None:
-            value += float(self.final_beta.double() @ self.w_u[:, tok].detach().double().cpu())
-        if self.b_u is not None:
-            value += float(self.b_u[tok])
+        for tok, sign in ((token, 1.0), (versus, -1.0)):
+            if tok is None:
+                continue
+            tok = self.token_id(tok)
+            if self.final_beta is not None:
+                col = self.w_u[:, tok].detach().double().cpu()
+                value += sign * float(self.final_beta.double() @ col)
+            if self.b_u is not None:
+                value += sign * float(self.b_u[tok])
         return value
 
-    def _logits(self, token: Any) -> Tensor:
-        return self.vectors.double() @ self.logit_direction(token)
+    def _logits(self, token: Any, versus: Any | None = None) -> Tensor:
+        return self.vectors.double() @ self.logit_direction(token, versus)
 
-    def logit_contributions(self, token: Any) -> pd.DataFrame:
+    def logit_contributions(self, token: Any, versus: Any | None = None) -> pd.DataFrame:
         """One row per term — ``term``, ``order``, ``logit`` (its contribution to the token's
-        logit through the frozen final norm) — largest first. The remainder parts and the
-        constant are in :meth:`logit_breakdown`."""
+        logit through the frozen final norm; to ``logit(token) − logit(versus)`` with
+        ``versus``) — largest first. Remainder parts and constant: :meth:`logit_breakdown`."""
         frame = pd.DataFrame(
-            {"term": self.term_labels, "order": self.orders.numpy(), "logit": self._logits(token)}
+            {
+                "term": self.term_labels,
+                "order": self.orders.numpy(),
+                "logit": self._logits(token, versus).numpy(),
+            }
         )
         return frame.sort_values("logit", ascending=False, kind="stable").reset_index(drop=True)
 
-    def logit_breakdown(self, token: Any) -> pd.Series:
-        """The token's logit split into: each order's total, each remainder part, the
-        constant; ``total`` (their sum) and ``model_logit`` (from the measured residual; the
-        model's own logit up to any final soft-capping)."""
-        u = self.logit_direction(token)
-        logits, orders = self._logits(token), self.orders
+    def logit_breakdown(self, token: Any, versus: Any | None = None) -> pd.Series:
+        """The token's logit (or ``logit(token) − logit(versus)``) split into: each order's
+        total, each remainder part, the constant; ``total`` (their sum) and ``model_logit``
+        (from the measured residual; the model's own value up to any final soft-capping)."""
+        u = self.logit_direction(token, versus)
+        logits, orders = self._logits(token, versus), self.orders
         parts = {f"order_{k}": float(logits[orders == k].sum()) for k in range(self.max_order + 1)}
         parts |= {name: float(v.double() @ u) for name, v in self.remainder_parts.items()}
-        parts["constant"] = self.logit_constant(token)
+        parts["constant"] = self.logit_constant(token, versus)
         parts["total"] = sum(parts.values())
         parts["model_logit"] = float(self.residual.double() @ u) + parts["constant"]
         return pd.Series(parts, name="logit")

@@ -38,11 +38,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import _tl
+from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import InvalidArgumentError, InvalidPatternError
 from . import scores as hs
@@ -54,6 +53,7 @@ __all__ = [
     "classify_heads",
     "label_heads",
     "pattern_scores",
+    "excess",
 ]
 
 LABELS = ("diagonal-noop", "diagonal-eraser", "diagonal", "bos-sink", "previous-token", "mixing")
@@ -67,35 +67,50 @@ class HeadThresholds:
     """Label thresholds (see the module docstring for the rules and their precedence).
 
     Attributes:
-        eps: ε of Def 5.1: diagonal / previous-token mass ≥ 1−ε (default 0.1).
-        sink_threshold: first-token mass for ``bos-sink`` (default 0.3, Gu et al.; 0.8 Barbero).
+        eps: None (default) labels diagonal / previous-token heads *against chance*: the mass
+            must rise at least ``min_excess`` of the way from its uniform-attention level to 1.
+            A number ε uses the absolute rule of Def 5.1 instead: mass ≥ 1−ε.
+        min_excess: the chance-relative cut, (mass − chance) / (1 − chance) ≥ min_excess
+            (default 0.5: at least halfway from uniform attention to a perfect head).
+        sink_threshold: first-token mass above which a head is a ``bos-sink`` (default 0.8,
+            Barbero et al. 2025; Gu et al.'s 0.3 is reported as a rate beside it).
         write_threshold: write ratio below which a diagonal head may be a no-op (default 0.05).
         ablation_threshold: |Δ loss| in nats below which ablating it "barely matters" (0.01).
         eraser_threshold: ``ov_copying < −eraser_threshold`` marks an eraser (default 0.5;
             any value in (−1, 1)).
-        strict: use Def 5.1 (every query i ≥ 1 above 1−ε) instead of the mean mass.
+        strict: use Def 5.1 (every query above 1−ε; ε = 0.1 when ``eps`` is None) instead of
+            the mean mass.
     """
 
-    eps: float = 0.1
-    sink_threshold: float = 0.3
+    eps: float | None = None
+    min_excess: float = 0.5
+    sink_threshold: float = 0.8
     write_threshold: float = 0.05
     ablation_threshold: float = 0.01
     eraser_threshold: float = 0.5
     strict: bool = False
 
     def __post_init__(self) -> None:
+        _validate.flag(self.strict, "strict")
+        if self.eps is not None:
+            _validate.number(
+                self.eps, "eps", minimum=0.0, maximum=1.0, open_min=True, open_max=True
+            )
         ranges = {
-            "eps": (0.0, 1.0),
+            "min_excess": (0.0, 1.0),
             "sink_threshold": (0.0, 1.0),
             "write_threshold": (0.0, float("inf")),
             "ablation_threshold": (0.0, float("inf")),
             "eraser_threshold": (-1.0, 1.0),
         }
         for name, (lo, hi) in ranges.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not lo < value < hi:
-                raise InvalidArgumentError(f"{name}={value!r} must be a number in ({lo}, {hi})")
+            _validate.number(getattr(self, name), name, minimum=lo, maximum=hi, open_min=True,
+                             open_max=True)  # fmt: skip
+
+    @property
+    def def51_eps(self) -> float:
+        """ε of the Def 5.1 tests (``is_diagonal``, ``is_previous``, ``strict``)."""
+        return 0.1 if self.eps is None else float(self.eps)
 
 
 Grid = Float[Tensor, "layer head_index"]
@@ -125,6 +140,9 @@ class HeadReport:
     n_tokens: int = 0
     norm_folded: bool = False
     model_name: str = ""
+    #: uniform-attention levels of diag_mass / prev_mass / first_mass on these prompts
+    #: (:func:`~oversquash_lens.heads.scores.chance_levels`); empty = not recorded
+    chance: dict[str, float] = dataclasses.field(default_factory=dict)
     #: per layer: sliding-window size of a local attention layer, None for global attention
     #: (``_tl.attention_windows``); empty = not recorded (read as all global)
     windows: tuple[int | None, ...] = ()
@@ -141,8 +159,12 @@ class HeadReport:
         """One row per head: ``block`` (0-based block index; the head reads layer ``block``
         and writes layer ``block + 1``), ``head``, ``attention`` (``"local"`` for a
         sliding-window layer, else ``"global"``), ``window`` (its size; ``<NA>`` when global),
-        ``label``, every score, and the Def 5.1 / sink tests ``is_diagonal``, ``is_previous``,
-        ``is_sink``. A local head's ``first_mass`` is attention to position 0 from queries
+        ``label``, every score, ``diag_excess`` / ``prev_excess`` / ``first_excess`` (how far
+        the mass rose from its uniform-attention level toward 1: (mass − chance)/(1 − chance)),
+        ``excess`` (that of the score behind the head's label; 0 for ``mixing``), and the tests
+        ``is_diagonal`` / ``is_previous`` (Def 5.1: every query above 1−ε), ``is_sink``
+        (first_mass > sink_threshold), ``is_sink_gu`` (> 0.3) and ``is_sink_barbero`` (> 0.8).
+        A local head's ``first_mass`` is attention to position 0 from queries
         within its window only: a sink there is not a global sink."""
         t = self.thresholds
         windows = list(self.windows) or [None] * self.n_layers
@@ -159,16 +181,48 @@ class HeadReport:
         )
         for name in _SCORES:
             frame[name] = getattr(self, name).flatten().double().cpu().numpy()
-        frame["is_diagonal"] = frame["diag_min"] > 1 - t.eps
-        frame["is_previous"] = frame["prev_min"] > 1 - t.eps
+        for key in ("diag", "prev", "first"):
+            frame[f"{key}_excess"] = self._excess(key).flatten().double().numpy()
+        by_label = {"bos-sink": "first_excess", "previous-token": "prev_excess"}
+        frame["excess"] = [
+            0.0 if lab == "mixing" else row[by_label.get(lab, "diag_excess")]
+            for lab, (_, row) in zip(frame["label"], frame.iterrows())
+        ]
+        frame["is_diagonal"] = frame["diag_min"] > 1 - t.def51_eps
+        frame["is_previous"] = frame["prev_min"] > 1 - t.def51_eps
         frame["is_sink"] = frame["first_mass"] > t.sink_threshold
+        frame["is_sink_gu"] = frame["first_mass"] > 0.3
+        frame["is_sink_barbero"] = frame["first_mass"] > 0.8
         return frame
+
+    def _excess(self, key: str) -> Tensor:
+        return excess(getattr(self, f"{key}_mass"), self.chance.get(key, float("nan")))
+
+    def sink_rates(self) -> pd.DataFrame:
+        """Sink_1^ε (docs/science.md §10): the fraction of heads whose first-token mass exceeds
+        ε = 0.3 (Gu et al.) and ε = 0.8 (Barbero et al.), over all heads and separately over
+        global and local (sliding-window) layers, with the first block where each appears."""
+        frame = self.to_dataframe()
+        rows = []
+        for group, part in [("all", frame), *frame.groupby("attention")]:
+            for name, col in (("gu (0.3)", "is_sink_gu"), ("barbero (0.8)", "is_sink_barbero")):
+                hits = part[part[col]]
+                first = int(hits["block"].min()) if len(hits) else None
+                rate, heads = float(part[col].mean()), int(part[col].sum())
+                rows.append({"layers": group, "definition": name, "rate": rate, "heads": heads,
+                             "of": len(part), "first_block": first})  # fmt: skip
+        return pd.DataFrame(rows)
 
     @property
     def flagged(self) -> pd.DataFrame:
-        """Rows of :meth:`to_dataframe` whose label is not ``mixing``."""
+        """Rows of :meth:`to_dataframe` whose label is not ``mixing``, the heads that stand out
+        most first: diagonal kinds, then previous-token heads, then sinks, each ranked by
+        ``excess`` (how far the defining score is above its uniform-attention level)."""
         frame = self.to_dataframe()
-        return frame[frame["label"] != "mixing"].reset_index(drop=True)
+        frame = frame[frame["label"] != "mixing"]
+        kind = frame["label"].map({"bos-sink": 2, "previous-token": 1}).fillna(0)
+        order = frame.assign(_kind=kind).sort_values(["_kind", "excess"], ascending=[True, False])
+        return order.drop(columns="_kind").reset_index(drop=True)
 
     def counts(self) -> pd.Series:
         """Number of heads per label (every label listed, zeros included)."""
@@ -188,7 +242,7 @@ class HeadReport:
         title = (
             f"<b>HeadReport</b> {html.escape(self.model_name)}: {self.n_layers} layers × "
             f"{self.n_heads} heads, {self.n_sequences} sequence(s), {self.n_tokens} tokens, "
-            f"eps={self.thresholds.eps}, clean loss {self.clean_loss:.4g}<br>{counts}"
+            f"{self._rule_text()}, clean loss {self.clean_loss:.4g}<br>{counts}"
         )
         local = {layer: w for layer, w in enumerate(self.windows) if w is not None}
         if local:
@@ -202,6 +256,13 @@ class HeadReport:
             flagged = flagged.drop(columns=["delta_loss_zero", "delta_loss_mean"])
             title += "<br>ablation skipped (ablation=False)"
         return frame_html(title + ("" if len(flagged) else "<br>no flagged heads"), flagged)
+
+    def _rule_text(self) -> str:
+        t = self.thresholds
+        if t.eps is None:
+            chance = ", ".join(f"{k} {v:.3f}" for k, v in self.chance.items())
+            return f"labels vs chance (min_excess={t.min_excess}; uniform levels: {chance})"
+        return f"labels with eps={t.eps}"
 
     def plot(self, score: str | None = None) -> Any:
         """Plotly heat map block × head: the labels (default) or one score column."""
@@ -245,19 +306,31 @@ class HeadReport:
         return fig
 
 
+def excess(mass: Tensor, chance: float) -> Tensor:
+    """(mass − chance) / (1 − chance): 0 for uniform attention, 1 for a perfect head, < 0 below
+    chance (docs/science.md §4)."""
+    return (mass.double().cpu() - chance) / (1.0 - chance)
+
+
 def label_heads(scores: Any, thresholds: HeadThresholds) -> tuple[tuple[str, ...], ...]:
     """Label every head from the score grids of ``scores`` (a :class:`HeadReport` or anything
     with the same attributes); the rules and their precedence are in the module docstring."""
     t = thresholds
-    cut = 1 - t.eps
-    diagonal = scores.diag_min > cut if t.strict else scores.diag_mass >= cut
-    previous = scores.prev_min > cut if t.strict else scores.prev_mass >= cut
+    cut = 1 - t.def51_eps
+    chance = getattr(scores, "chance", {}) or {}
+    if t.strict:
+        diagonal, previous = scores.diag_min > cut, scores.prev_min > cut
+    elif t.eps is None:
+        diagonal = excess(scores.diag_mass, chance.get("diag", float("nan"))) >= t.min_excess
+        previous = excess(scores.prev_mass, chance.get("prev", float("nan"))) >= t.min_excess
+    else:
+        diagonal, previous = scores.diag_mass >= cut, scores.prev_mass >= cut
     small_effect = ~(scores.delta_loss_zero.abs() >= t.ablation_threshold) & ~(
         scores.delta_loss_mean.abs() >= t.ablation_threshold
     )  # NaN (not measured) counts as small
     noop = (scores.write_ratio < t.write_threshold) & small_effect
     eraser = scores.ov_copying < -t.eraser_threshold
-    sink = scores.first_mass >= t.sink_threshold
+    sink = scores.first_mass > t.sink_threshold
     rules = [
         (diagonal & noop, "diagonal-noop"),
         (diagonal & eraser, "diagonal-eraser"),
@@ -315,8 +388,9 @@ def classify_heads(
     model: Any,
     tokens: Any,
     *,
-    eps: float = 0.1,
-    sink_threshold: float = 0.3,
+    eps: float | None = None,
+    min_excess: float = 0.5,
+    sink_threshold: float = 0.8,
     write_threshold: float = 0.05,
     ablation_threshold: float = 0.01,
     eraser_threshold: float = 0.5,
@@ -340,8 +414,9 @@ def classify_heads(
         model: a TransformerBridge or HookedTransformer (not modified).
         tokens: text, a list of texts (each run on its own, no padding), token ids ``[pos]`` or
             ``[batch, pos]``, or a list of id sequences of different lengths; ≥ 2 positions each.
-        eps, sink_threshold, write_threshold, ablation_threshold, eraser_threshold, strict: label
-            thresholds, see :class:`HeadThresholds` (defaults 0.1, 0.3, 0.05, 0.01 nats, 0.5).
+        eps, min_excess, sink_threshold, write_threshold, ablation_threshold,
+            eraser_threshold, strict: label thresholds, see :class:`HeadThresholds` (defaults:
+            chance-relative, 0.5, 0.8, 0.05, 0.01 nats, 0.5; docs/science.md §4 justifies them).
         ablation: run the zero/mean ablations (2 · n_layers · n_heads ablated forward passes,
             batched, each starting at the head's layer); False leaves those columns NaN.
         fold_norm: fold the pre-attention norm's elementwise scale into W_V for the OV scores.
@@ -359,6 +434,7 @@ def classify_heads(
     """
     thresholds = HeadThresholds(
         eps=eps,
+        min_excess=min_excess,
         sink_threshold=sink_threshold,
         write_threshold=write_threshold,
         ablation_threshold=ablation_threshold,
@@ -366,10 +442,11 @@ def classify_heads(
         strict=strict,
     )
     _check_window(sink_window)
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
+    if batch_size is not None:
+        _validate.integer(batch_size, "batch_size", minimum=1)
+    _validate.flag(ablation, "ablation")
+    _validate.flag(fold_norm, "fold_norm")
+    _validate.flag(progress, "progress")
     info = _tl.require_attention(model)
     groups = hs.token_groups(model, tokens, info)
     grids, facts = hs.measure(
@@ -382,11 +459,14 @@ def classify_heads(
         batch_size=batch_size,
         progress=progress,
     )
-    labels = label_heads(SimpleNamespace(**grids), thresholds)
+    chance = hs.chance_levels([g.shape[1] for g in groups for _ in range(g.shape[0])],
+                              sink_window=sink_window)  # fmt: skip
+    labels = label_heads(SimpleNamespace(**grids, chance=chance), thresholds)
     return HeadReport(
         **grids,
         labels=labels,
         thresholds=thresholds,
+        chance=chance,
         **facts,
         model_name=info.name,
         windows=tuple(_tl.attention_windows(model)),
@@ -394,5 +474,4 @@ def classify_heads(
 
 
 def _check_window(sink_window: Any) -> None:
-    if isinstance(sink_window, bool) or not isinstance(sink_window, int) or sink_window < 2:
-        raise InvalidArgumentError(f"sink_window={sink_window!r} must be an int >= 2")
+    _validate.integer(sink_window, "sink_window", minimum=2)

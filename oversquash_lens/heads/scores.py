@@ -35,11 +35,16 @@ def pattern_stats(
     pattern: Float[Tensor, "batch head_index query_pos key_pos"], *, sink_window: int = 64
 ) -> Float[Tensor, "batch head_index 6"]:
     """Per sequence and head, in the order of :data:`PATTERN_STATS`: mean and min over queries
-    i ≥ 1 of α_ii and of α_{i,i−1}; mean over queries 1 ≤ t < sink_window of α_{t,0}; mean over
+    i ≥ 1 of α_ii and over queries i ≥ 2 of α_{i,i−1} (NaN with 2 positions); mean over queries
+    1 ≤ t < sink_window of α_{t,0}; mean over
     queries i ≥ 1 of the row entropy −Σ_j α_ij log α_ij (nats). Needs at least 2 positions."""
     p = pattern.float()
     diag = p.diagonal(dim1=-2, dim2=-1)[..., 1:]
-    prev = p.diagonal(offset=-1, dim1=-2, dim2=-1)
+    # α_{i,i−1} from query 2 on: query 1's previous token is the first token, so counting it
+    # would call sink attention previous-token attention (docs/science.md §4).
+    prev = p.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:]
+    if prev.shape[-1] == 0:  # 2 positions: no query has a previous token other than the first
+        prev = torch.full_like(diag, float("nan"))
     first = p[..., 1:sink_window, 0]
     entropy = -torch.special.xlogy(p[..., 1:, :], p[..., 1:, :]).sum(-1)
     return torch.stack(
@@ -53,6 +58,24 @@ def pattern_stats(
         ],
         dim=-1,
     )
+
+
+def chance_levels(lengths: list[int], *, sink_window: int = 64) -> dict[str, float]:
+    """What ``diag_mass``, ``prev_mass`` and ``first_mass`` are for *uniform* causal attention
+    (every query i spreads 1/(i+1) over its keys) on sequences of these lengths, averaged over
+    the sequences as the scores are: the level a score must rise above to mean anything
+    (docs/science.md §4). ``diag``: mean_{1≤i<n} 1/(i+1); ``prev``: mean_{2≤i<n} 1/(i+1);
+    ``first``: mean_{1≤t<min(n, sink_window)} 1/(t+1)."""
+
+    def mean_inverse(lo: int, hi: int) -> float:
+        return sum(1.0 / (i + 1) for i in range(lo, hi)) / (hi - lo) if hi > lo else float("nan")
+
+    out = {"diag": 0.0, "prev": 0.0, "first": 0.0}
+    for n in lengths:
+        out["diag"] += mean_inverse(1, n)
+        out["prev"] += mean_inverse(2, n)
+        out["first"] += mean_inverse(1, min(n, sink_window))
+    return {k: v / len(lengths) for k, v in out.items()}
 
 
 def check_patterns(patterns: Tensor, *, tol: float = 1e-3) -> None:

@@ -1,0 +1,156 @@
+"""The circuits framework on a real model (docs/science.md §"Circuits framework").
+
+Four tables on the embedded SmolLM2-135M-Instruct (30 layers × 9 heads, d_model 576):
+composition scores against the random baseline; per-head OV/QK summaries; the path expansion
+of the answer position of a copy prompt (which single heads and virtual heads push the copied
+digit's logit, and from which source position); time and memory of the expansion at 64 tokens.
+
+    python examples/circuits_on_smollm2.py            # embedded model
+    python examples/circuits_on_smollm2.py --quick    # V-composition only, no 64-token timing
+    python examples/circuits_on_smollm2.py --model path/to/hf_folder --prompt "..." --answer 6
+"""
+
+import argparse
+import os
+import threading
+import time
+
+import pandas as pd
+import torch
+
+import oversquash_lens as osl
+from oversquash_lens.circuits import circuit_summaries, composition, path_expansion
+
+QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
+COPY_PROMPT = "What is the last digit in this sequence? 3 8 1 9 4 7 2 6. Answer: "
+INDUCTION_PROMPT = "3 8 1 9 4 7 2 6 5 0 3 8 1 9 4 7 2"  # repeated: next digit is 6
+
+
+def _rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def measured(fn, *args, **kwargs):
+    """``(result, seconds, peak RSS above the starting RSS in MiB)`` of one call."""
+    start, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    try:
+        out = fn(*args, **kwargs)
+    finally:
+        seconds = time.perf_counter() - t0
+        done.set()
+        thread.join()
+    return out, seconds, max(0, max(peak[0], _rss()) - start) / 2**20
+
+
+def top_tokens(model, tokens, k=5) -> str:
+    with torch.no_grad():
+        logits = model(tokens)[0, -1]
+    top = logits.topk(k)
+    return ", ".join(
+        f"{model.tokenizer.decode([i])!r} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices)
+    )
+
+
+def show_expansion(model, text: str, answer: str) -> None:
+    tokens = model.to_tokens(text)
+    exp, seconds, mib = measured(path_expansion, model, tokens, max_order=2)
+    print(
+        f"\nprompt {text!r} ({tokens.shape[1]} tokens); next-token top-5: {top_tokens(model, tokens)}"
+    )
+    print(
+        f"path expansion: {len(exp.paths)} terms, {seconds:.1f} s, peak +{mib:.0f} MiB, "
+        f"reconstruction error {exp.reconstruction_error:.1e}"
+    )
+    with torch.no_grad():
+        best = int(model(tokens)[0, -1].argmax())
+    rivals = [("alone", None)] + ([("vs top", best)] if best != exp.token_id(answer) else [])
+    for what, versus in rivals:
+        parts = exp.logit_breakdown(answer, versus=versus)
+        name = f"logit({answer!r})" + (
+            f" − logit({model.tokenizer.decode([best])!r})" if versus else ""
+        )
+        print(f"\n{name}, {what}: " + ", ".join(f"{k} {v:+.2f}" for k, v in parts.items()))
+        frame = exp.logit_contributions(answer, versus=versus)
+        for order, title in ((1, "single heads"), (2, "virtual heads")):
+            sub = frame[frame["order"] == order]
+            best_rows = pd.concat([sub.head(6), sub.tail(3)])
+            print(
+                f"  top {title}: "
+                + "; ".join(f"{r.term} {r.logit:+.2f}" for r in best_rows.itertuples())
+            )
+    pos = exp.by_source_position(answer)
+    pos = pos[pos["order"] > 0].groupby(["pos", "token"], sort=False)["logit"].sum()
+    print("\nlogit(answer) carried from each source position (orders 1+2), largest five:")
+    print(pos.sort_values(ascending=False).head(5).to_string(float_format="{:+.2f}".format))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="HF folder or hub name (default: embedded)")
+    parser.add_argument("--prompt", default=COPY_PROMPT, help="copy prompt to expand")
+    parser.add_argument("--answer", default="6", help="the token the prompt should produce")
+    parser.add_argument("--quick", action="store_true", default=QUICK_ENV, help="short run (CI)")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    model = osl.load_model(args.model)
+    cfg = model.cfg
+    print(
+        f"{cfg.n_layers} layers × {cfg.n_heads} heads, d_model {cfg.d_model}, d_head "
+        f"{cfg.d_head} (load {time.perf_counter() - t0:.1f} s, {torch.get_num_threads()} threads)"
+    )
+
+    for kind in ("V",) if args.quick else ("V", "K", "Q"):
+        comp, seconds, mib = measured(composition, model, kind)
+        frame = comp.to_dataframe()
+        share = (frame["relative"] > 2).mean()
+        print(
+            f"\n{kind}-composition: {len(frame)} pairs in {seconds:.1f} s (peak +{mib:.0f} MiB); "
+            f"random baseline {comp.baseline:.4f} ± {comp.baseline_std:.4f}; median "
+            f"{frame['score'].median():.4f}; {share:.1%} of pairs above 2× baseline"
+        )
+        cols = ["source", "dest", "score", "relative", "z"]
+        print(frame.head(8)[cols].to_string(index=False, float_format="{:.3f}".format))
+
+    table, seconds, _ = measured(circuit_summaries, model)
+    cols = ["name", "ov_copying", "ov_neg_fraction", "qk_self", "qk_eig_positive", "ov_norm"]
+    print(f"\ncircuit summaries ({seconds:.1f} s): highest qk_self (diagonal candidates)")
+    print(table.nlargest(5, "qk_self")[cols].to_string(index=False, float_format="{:.3f}".format))
+    print("most negative OV spectra (erasure candidates)")
+    print(
+        table.nlargest(5, "ov_neg_fraction")[cols].to_string(
+            index=False, float_format="{:.3f}".format
+        )
+    )
+
+    show_expansion(model, args.prompt, args.answer)
+    if not args.quick:
+        show_expansion(model, INDUCTION_PROMPT, args.answer)
+        digits = " ".join(str(i % 10) for i in range(7, 500, 3))
+        tokens = model.to_tokens(f"What is the last digit in this sequence? {digits}")[:, :64]
+        exp, seconds, mib = measured(path_expansion, model, tokens, max_order=2)
+        stored = (exp.vectors.numel() + exp.by_position.numel()) * exp.vectors.element_size()
+        print(
+            f"\n64 tokens: path_expansion(max_order=2) {seconds:.1f} s, peak RSS +{mib:.0f} MiB "
+            f"(result holds {stored / 2**20:.0f} MiB), {len(exp.paths)} terms, reconstruction "
+            f"error {exp.reconstruction_error:.1e}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
