@@ -251,8 +251,9 @@ def test_profile_routes_column(gpt2):
     want = information_flow(gpt2, TOKENS).source_totals(0.01)
     assert frame["routes"].tolist() == want.tolist()
     corr = prof.correlations()
-    assert "routes" in corr.columns and corr.loc["rollout", "bound"] == (
-        base.correlations().loc["rollout", "bound"]
+    assert (
+        "routes" in corr.columns
+        and corr.loc["rollout", "bound"] == (base.correlations().loc["rollout", "bound"])
     )
     assert prof.to_dataframe(layer=1)["routes"].tolist() == (
         prof.routes.source_totals(0.01, layer=1).tolist()
