@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     heads = report.to_dataframe()
     top = heads.loc[heads["diag_mass"].idxmax()]
     print(
-        f"most diagonal head L{top['layer']}H{top['head']}: diag_mass {top['diag_mass']:.2f}; "
+        f"most diagonal head L{top['block']}H{top['head']}: diag_mass {top['diag_mass']:.2f}; "
         f"mean first-token mass {heads['first_mass'].mean():.2f}"
     )
     return 0

@@ -23,7 +23,7 @@ from oversquash_lens.circuits import circuit_summaries, composition, path_expans
 
 QUICK_ENV = os.environ.get("OVERSQUASH_QUICK") == "1"
 COPY_PROMPT = "What is the last digit in this sequence? 3 8 1 9 4 7 2 6. Answer: "
-INDUCTION_PROMPT = "3 8 1 9 4 7 2 6 5 0 3 8 1 9 4 7 2"  # repeated: next digit is 6
+INDUCTION_PROMPT = "3 8 1 9 4 7 2 6 5 0 3 8 1 9 4 7 2 "  # repeated: next digit is 6
 
 
 def _rss() -> int:
@@ -36,7 +36,7 @@ def _rss() -> int:
 
 
 def measured(fn, *args, **kwargs):
-    """``(result, seconds, peak RSS above the starting RSS in MiB)`` of one call."""
+    """``(result, wall seconds, CPU seconds, peak RSS above the starting RSS in MiB)``."""
     start, peak, done = _rss(), [0], threading.Event()
 
     def sample() -> None:
@@ -46,14 +46,14 @@ def measured(fn, *args, **kwargs):
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         out = fn(*args, **kwargs)
     finally:
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         done.set()
         thread.join()
-    return out, seconds, max(0, max(peak[0], _rss()) - start) / 2**20
+    return out, seconds, cpu, max(0, max(peak[0], _rss()) - start) / 2**20
 
 
 def top_tokens(model, tokens, k=5) -> str:
@@ -67,35 +67,44 @@ def top_tokens(model, tokens, k=5) -> str:
 
 def show_expansion(model, text: str, answer: str) -> None:
     tokens = model.to_tokens(text)
-    exp, seconds, mib = measured(path_expansion, model, tokens, max_order=2)
+    exp, seconds, cpu, mib = measured(path_expansion, model, tokens, max_order=2, mlp_order=1)
+    top = top_tokens(model, tokens)
+    print(f"\nprompt {text!r} ({tokens.shape[1]} tokens); next-token top-5: {top}")
     print(
-        f"\nprompt {text!r} ({tokens.shape[1]} tokens); next-token top-5: {top_tokens(model, tokens)}"
-    )
-    print(
-        f"path expansion: {len(exp.paths)} terms, {seconds:.1f} s, peak +{mib:.0f} MiB, "
-        f"reconstruction error {exp.reconstruction_error:.1e}"
+        f"path expansion (max_order=2, mlp_order=1): {len(exp.paths)} terms, {seconds:.1f} s "
+        f"wall / {cpu:.1f} s CPU, peak +{mib:.0f} MiB, reconstruction error "
+        f"{exp.reconstruction_error:.1e}"
     )
     with torch.no_grad():
         best = int(model(tokens)[0, -1].argmax())
-    rivals = [("alone", None)] + ([("vs top", best)] if best != exp.token_id(answer) else [])
-    for what, versus in rivals:
-        parts = exp.logit_breakdown(answer, versus=versus)
-        name = f"logit({answer!r})" + (
-            f" − logit({model.tokenizer.decode([best])!r})" if versus else ""
+    rival = model.tokenizer.decode([best])
+    versus = [None] + ([best] if best != exp.token_id(answer) else [])
+    for vs in versus:
+        name = f"logit({answer!r})" + (f" − logit({rival!r})" if vs is not None else "")
+        parts = exp.logit_breakdown(answer, versus=vs)
+        print(f"\n{name}: " + ", ".join(f"{k} {v:+.2f}" for k, v in parts.items()))
+        frame = exp.logit_contributions(answer, versus=vs)
+        groups = (
+            (
+                "single heads (from the embedding)",
+                (frame["source"] == "embed") & (frame.order == 1),
+            ),
+            (
+                "virtual heads (from the embedding)",
+                (frame["source"] == "embed") & (frame.order == 2),
+            ),
+            ("MLP writes (direct)", (frame["source"] != "embed") & (frame.order == 0)),
+            ("MLP → head", (frame["source"] != "embed") & (frame.order == 1)),
         )
-        print(f"\n{name}, {what}: " + ", ".join(f"{k} {v:+.2f}" for k, v in parts.items()))
-        frame = exp.logit_contributions(answer, versus=versus)
-        for order, title in ((1, "single heads"), (2, "virtual heads")):
-            sub = frame[frame["order"] == order]
-            best_rows = pd.concat([sub.head(6), sub.tail(3)])
-            print(
-                f"  top {title}: "
-                + "; ".join(f"{r.term} {r.logit:+.2f}" for r in best_rows.itertuples())
-            )
+        for title, mask in groups:
+            sub = frame[mask]
+            rows = pd.concat([sub.head(5), sub.tail(2)])
+            cells = "; ".join(f"{r.term} {r.logit:+.2f}" for r in rows.itertuples())
+            print(f"  {title}: {cells}")
     pos = exp.by_source_position(answer)
-    pos = pos[pos["order"] > 0].groupby(["pos", "token"], sort=False)["logit"].sum()
-    print("\nlogit(answer) carried from each source position (orders 1+2), largest five:")
-    print(pos.sort_values(ascending=False).head(5).to_string(float_format="{:+.2f}".format))
+    moved = pos[pos["order"] > 0].groupby(["source", "pos", "token"], sort=False)["logit"].sum()
+    print(f"\nlogit({answer!r}) moved through >= 1 head, by source position (largest five):")
+    print(moved.sort_values(ascending=False).head(5).to_string(float_format="{:+.2f}".format))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,18 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     for kind in ("V",) if args.quick else ("V", "K", "Q"):
-        comp, seconds, mib = measured(composition, model, kind)
+        comp, seconds, cpu, mib = measured(composition, model, kind)
         frame = comp.to_dataframe()
         share = (frame["relative"] > 2).mean()
         print(
-            f"\n{kind}-composition: {len(frame)} pairs in {seconds:.1f} s (peak +{mib:.0f} MiB); "
+            f"\n{kind}-composition: {len(frame)} pairs in {seconds:.1f} s wall / {cpu:.1f} s CPU "
+            f"(peak +{mib:.0f} MiB); "
             f"random baseline {comp.baseline:.4f} ± {comp.baseline_std:.4f}; median "
             f"{frame['score'].median():.4f}; {share:.1%} of pairs above 2× baseline"
         )
         cols = ["source", "dest", "score", "relative", "z"]
         print(frame.head(8)[cols].to_string(index=False, float_format="{:.3f}".format))
 
-    table, seconds, _ = measured(circuit_summaries, model)
+    table, seconds, _, _ = measured(circuit_summaries, model)
     cols = ["name", "ov_copying", "ov_neg_fraction", "qk_self", "qk_eig_positive", "ov_norm"]
     print(f"\ncircuit summaries ({seconds:.1f} s): highest qk_self (diagonal candidates)")
     print(table.nlargest(5, "qk_self")[cols].to_string(index=False, float_format="{:.3f}".format))
@@ -142,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         show_expansion(model, INDUCTION_PROMPT, args.answer)
         digits = " ".join(str(i % 10) for i in range(7, 500, 3))
         tokens = model.to_tokens(f"What is the last digit in this sequence? {digits}")[:, :64]
-        exp, seconds, mib = measured(path_expansion, model, tokens, max_order=2)
-        stored = (exp.vectors.numel() + exp.by_position.numel()) * exp.vectors.element_size()
-        print(
-            f"\n64 tokens: path_expansion(max_order=2) {seconds:.1f} s, peak RSS +{mib:.0f} MiB "
-            f"(result holds {stored / 2**20:.0f} MiB), {len(exp.paths)} terms, reconstruction "
-            f"error {exp.reconstruction_error:.1e}"
-        )
+        for mlp_order in (None, 1):
+            exp, seconds, cpu, mib = measured(
+                path_expansion, model, tokens, max_order=2, mlp_order=mlp_order
+            )
+            held = exp.vectors.numel() + sum(v.numel() for v in exp.by_position.values())
+            print(
+                f"\n64 tokens, max_order=2, mlp_order={mlp_order}: {seconds:.1f} s wall / "
+                f"{cpu:.1f} s CPU, peak RSS +{mib:.0f} MiB (result holds "
+                f"{held * exp.vectors.element_size() / 2**20:.0f} MiB), {len(exp.paths)} terms, "
+                f"reconstruction error {exp.reconstruction_error:.1e}"
+            )
     return 0
 
 

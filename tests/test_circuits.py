@@ -42,9 +42,9 @@ def _snapshot(model):
     return state_snapshot(model)
 
 
-def _perturbed(arch="gpt2", seed=1):
+def _perturbed(arch="gpt2", seed=1, **kwargs):
     """A fresh tiny model whose biases and norm weights are random (not 0 / 1)."""
-    model = testing.tiny_model(arch)
+    model = testing.tiny_model(arch, **kwargs)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -214,8 +214,11 @@ def _check_exact(model, exp, target_tokens, target, token=7):
     assert len(exp.to_dataframe()) == exp.vectors.shape[0]
     assert exp.reconstruction_error < 1e-4, exp.reconstruction_error
     assert exp.consistency_error < 1e-5
-    stored = torch.stack([exp.vectors[exp.orders == k].sum(0) for k in range(exp.max_order + 1)])
-    torch.testing.assert_close(exp.by_position.sum(1), stored, rtol=1e-4, atol=1e-5)
+    is_mlp = torch.tensor([k == "mlp" for k in exp.kinds], dtype=torch.bool)
+    for kind, grid in exp.by_position.items():
+        rows = is_mlp if kind == "mlp" else ~is_mlp
+        sums = [exp.vectors[rows & (exp.orders == k)].sum(0) for k in range(len(grid))]
+        torch.testing.assert_close(grid.sum(1), torch.stack(sums), rtol=1e-4, atol=1e-5)
     resid = _tl.capture(model, target_tokens[None], [_tl.resid_name(model.cfg.n_layers)])
     measured = next(iter(resid.values()))[0, target]
     torch.testing.assert_close(exp.residual, measured.to(exp.residual.dtype))
@@ -237,7 +240,15 @@ def test_expansion_is_exact(arch_model, target):
     assert isinstance(exp, PathExpansion)
     assert len(exp.paths) == count_paths(2, 4, 2) == 1 + 8 + 16
     assert exp.term_labels[:2] == ("embed", "L0H0") and exp.term_labels[-1] == "L0H3 → L1H3"
+    assert set(exp.sources) == {"embed"} and exp.remainder_parts["mlp"].norm() > 0
     _check_exact(arch_model, exp, TOKENS, target % len(TOKENS))
+    with_mlp = path_expansion(arch_model, TOKENS, target=target, max_order=2, mlp_order=1)
+    assert len(with_mlp.paths) == count_paths(2, 4, 2, 1) == 25 + (1 + 4) + 1
+    mlp_terms = ("MLP0", "MLP0 → L1H0", "MLP0 → L1H1", "MLP0 → L1H2", "MLP0 → L1H3", "MLP1")
+    assert with_mlp.term_labels[25:] == mlp_terms
+    assert with_mlp.remainder_parts["mlp"].abs().max() == 0  # every MLP path listed
+    torch.testing.assert_close(with_mlp.vectors[:25], exp.vectors)
+    _check_exact(arch_model, with_mlp, TOKENS, target % len(TOKENS))
     assert_unchanged(arch_model, snap)
 
 
@@ -295,10 +306,15 @@ def test_attention_only_remainder_is_zero():
 
 
 def test_expansion_with_biases_and_norm_weights():
-    model = _perturbed("gpt2")
+    model = _perturbed("gpt2", n_layers=3)
     exp = path_expansion(model, TOKENS, max_order=2)
     assert exp.remainder_parts["attention_bias"].norm() > 0.1
     _check_exact(model, exp, TOKENS, len(TOKENS) - 1)
+    full = path_expansion(model, TOKENS, max_order=3, mlp_order=2)  # every non-bias path
+    assert len(full.paths) == count_paths(3, 4, 3, 2) == 125 + (1 + 8 + 16) + (1 + 4) + 1
+    assert full.remainder_parts["higher_order"].abs().max() == 0
+    assert full.remainder_parts["mlp"].abs().max() == 0
+    _check_exact(model, full, TOKENS, len(TOKENS) - 1)
 
 
 def test_expansion_post_attention_norm():
@@ -346,6 +362,12 @@ def test_expansion_tables_and_plot(llama):
     by_pos = exp.by_source_position(token=7)
     assert len(by_pos) == 3 * len(TOKENS) and {"norm", "resid_share", "logit"} <= set(by_pos)
     assert by_pos[by_pos["order"] == 0]["norm"].iloc[:-1].eq(0).all()  # direct path: own pos
+    mixed = path_expansion(llama, TOKENS, max_order=2, mlp_order=1)
+    by_pos = mixed.by_source_position(token=7)
+    assert set(by_pos["source"]) == {"embed", "mlp"} and len(by_pos) == 5 * len(TOKENS)
+    assert list(mixed.by_order()["part"])[3:5] == ["mlp_order_0", "mlp_order_1"]
+    mlp_terms = {t for t in mixed.term_labels if t.startswith("MLP")}
+    assert set(mixed.by_path(7, source="mlp")["term"]) == mlp_terms
     by_order = exp.by_order(token=7)
     assert list(by_order["part"]) == [
         "order_0",
@@ -391,6 +413,9 @@ def test_bad_inputs_raise(llama):
     for order in (True, False):
         with pytest.raises(InvalidArgumentError, match=f"max_order={order!r}"):
             path_expansion(llama, TOKENS, max_order=order)
+    for order in (-1, 2):
+        with pytest.raises(InvalidArgumentError, match=f"mlp_order={order}"):
+            path_expansion(llama, TOKENS, mlp_order=order)
     with pytest.raises(InvalidArgumentError, match="max_terms=10"):
         path_expansion(llama, TOKENS, max_terms=10)
     with pytest.raises(InvalidTokensError):

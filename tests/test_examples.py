@@ -158,7 +158,7 @@ def check_head_table(out: str, n_layers: int, n_heads: int) -> dict[str, int]:
     flagged = re.search(r"flagged heads \((\d+)\):", out)
     assert flagged and int(flagged.group(1)) == n_layers * n_heads - counts["mixing"]
     top = block(out, "most diagonal heads:")
-    assert top[0].split()[:3] == ["layer", "head", "label"] and len(top) == 6
+    assert top[0].split()[:3] == ["block", "head", "label"] and len(top) == 6
     diag = [float(line.split()[3]) for line in top[1:]]
     assert diag == sorted(diag, reverse=True) and all(0 <= d <= 1 for d in diag)
     halves = re.search(r"first half of layers ([\d.]+), second half ([\d.]+)", out)

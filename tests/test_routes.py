@@ -116,18 +116,25 @@ def _brute_importance(vectors, x):
     return prox / prox.sum()
 
 
+@pytest.mark.parametrize("by_head", [True, False])
 @pytest.mark.parametrize("chunk", [None, 37])
-def test_importance_is_normalised_proximity(llama, chunk):
+def test_importance_is_normalised_proximity(llama, chunk, by_head):
     """importance() equals max(‖x‖₁ − ‖z − x‖₁, 0)/Σ recomputed from parts() in float64, also
-    with tiny chunks (many query and key chunks), and sums to 1."""
+    with tiny chunks (many query and key chunks), and sums to 1 — per head and source, or per
+    source with the heads summed."""
     routes = information_flow(llama, TOKENS, all_positions=True, chunk_elements=chunk)
     for layer in range(1, routes.n_layers + 1):
         for p in range(TOKENS.shape[1]):
-            labels, vectors = routes.parts(layer, p)
-            got = routes.importance(layer, p)
+            labels, vectors = routes.parts(layer, p, by_head=by_head)
+            assert labels == routes.part_labels(layer, p, by_head=by_head)
+            torch.testing.assert_close(vectors.sum(0), routes.resid[layer, p])
+            got = routes.importance(layer, p, by_head=by_head)
             ref = _brute_importance(vectors, routes.resid[layer, p])
             torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
             assert abs(float(got.sum()) - 1) < 1e-5 and float(got.min()) >= 0
+            if not by_head:
+                assert labels[1] == f"L{layer - 1} attn ← 0"
+                assert len(labels) == p + 3 + (routes.b_o is not None)
     assert torch.equal(routes.importance(0, 5), torch.ones(1))
 
 
@@ -141,27 +148,27 @@ def test_proximity_of_a_hand_made_sum():
     torch.testing.assert_close(got, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
 
 
-_LABEL = re.compile(r"L(\d+)H(\d+) ← (\d+)")
+_LABEL = re.compile(r"L(\d+)(?:H(\d+)| attn) ← (\d+)")
 
 
-def _brute_walk(routes, tau):
+def _brute_walk(routes, tau, by_head=True):
     """Naive route graph: from the target, every part above tau read off the labels."""
     weight = {routes.target: 1.0}
     edges = {}
     for layer in range(routes.n_layers, 0, -1):
         nxt = defaultdict(float)
         for p, w in weight.items():
-            labels, vectors = routes.parts(layer, p)
+            labels, vectors = routes.parts(layer, p, by_head=by_head)
             imp = _brute_importance(vectors, routes.resid[layer, p])
-            for label, a in zip(labels, imp.tolist()):
+            for label, a, vec in zip(labels, imp.tolist(), vectors):
                 if a <= tau or label.endswith("attn bias"):
                     continue
                 match = _LABEL.fullmatch(label)
                 if match:
-                    head, src = int(match[2]), int(match[3])
+                    head, src = (int(match[2]) if by_head else "attn"), int(match[3])
                 else:
                     head, src = ("residual" if label == "residual" else "mlp"), p
-                edges[(layer - 1, head, src, p)] = a
+                edges[(layer - 1, head, src, p)] = (a, float(vec.norm()))
                 nxt[src] += w * a
         weight = dict(nxt)
     totals = torch.zeros(TOKENS.shape[1], dtype=torch.float64)
@@ -170,26 +177,31 @@ def _brute_walk(routes, tau):
     return edges, totals
 
 
-@pytest.mark.parametrize("tau", [0.0, 0.01, 0.04])
+@pytest.mark.parametrize(("tau", "by_head"), [(0.0, True), (0.01, True), (0.04, True),
+                                              (0.0, False), (0.04, False)])  # fmt: skip
 @pytest.mark.parametrize("all_positions", [False, True])
-def test_route_graph_equals_brute_force(arch_model, tau, all_positions):
+def test_route_graph_equals_brute_force(arch_model, tau, all_positions, by_head):
     routes = information_flow(arch_model, TOKENS, all_positions=all_positions)
-    edges, totals = _brute_walk(routes, tau)
-    frame = routes.edges(tau)
+    edges, totals = _brute_walk(routes, tau, by_head)
+    frame = routes.edges(tau, by_head=by_head)
     got = {
-        (r.block, r.head, r.source, r.target): r.importance for r in frame.itertuples(index=False)
+        (r.block, r.head, r.source, r.target): (r.importance, r.norm)
+        for r in frame.itertuples(index=False)
     }
     assert set(got) == set(edges)
-    for key, value in edges.items():
-        assert abs(got[key] - value) < 1e-5
+    for key, (imp, norm) in edges.items():
+        assert abs(got[key][0] - imp) < 1e-5
+        assert abs(got[key][1] - norm) <= 1e-5 * max(1.0, norm)
     assert (frame["layer"] == frame["block"] + 1).all()
-    torch.testing.assert_close(routes.source_totals(tau), totals, rtol=1e-4, atol=1e-6)
-    graph = routes.graph(tau)
+    torch.testing.assert_close(
+        routes.source_totals(tau, by_head=by_head), totals, rtol=1e-4, atol=1e-6
+    )
+    graph = routes.graph(tau, by_head=by_head)
     assert isinstance(graph, nx.DiGraph)
     pairs = {((b, s), (b + 1, t)) for b, _, s, t in edges}
     assert set(graph.edges) == pairs
     for (u, v), data in graph.edges.items():
-        want = sum(a for (b, _, s, t), a in edges.items() if (b, s) == u and (b + 1, t) == v)
+        want = sum(a for (b, _, s, t), (a, _) in edges.items() if (b, s) == u and (b + 1, t) == v)
         assert abs(data["importance"] - want) < 1e-5
     sources = [n for n in graph.nodes if n[0] == 0]
     for node in sources:

@@ -58,23 +58,21 @@ def _check_kind(kind: Any) -> str:
     return kind.upper()
 
 
-def head_factors(model: Any, *, fold_norm: bool = True) -> tuple[dict[str, list[Tensor]], bool]:
-    """Per block, float64 CPU copies of ``W_Q, W_K, W_V [head, d_model, d_head]`` (grouped K/V
-    heads expanded per query head) and ``W_O [head, d_head, d_model]``. With ``fold_norm`` the
-    pre-attention norm's elementwise scale γ of each block is folded into that block's reading
-    matrices (``diag(γ) W``); the flag says whether any scale was found."""
-    info = _tl.model_info(model)
-    out: dict[str, list[Tensor]] = {"Q": [], "K": [], "V": [], "O": []}
-    folded = False
-    for block in range(info.n_layers):
-        scale = _tl.ln1_scale(model, block) if fold_norm else None
-        gamma = None if scale is None else scale.double().cpu()[None, :, None]
-        folded |= gamma is not None
-        for key, get in (("Q", _tl.w_q), ("K", _tl.w_k), ("V", _tl.w_v)):
-            w = get(model, block).double().cpu()
-            out[key].append(w if gamma is None else w * gamma)
-        out["O"].append(_tl.w_o(model, block).double().cpu())
-    return out, folded
+def block_factors(
+    model: Any, block: int, *, fold_norm: bool = True
+) -> tuple[dict[str, Tensor], bool]:
+    """Float64 CPU copies of ``W_Q, W_K, W_V [head, d_model, d_head]`` (grouped K/V heads
+    expanded per query head) and ``W_O [head, d_head, d_model]`` of ``block``. With
+    ``fold_norm`` the block's pre-attention norm scale γ is folded into its reading matrices
+    (``diag(γ) W``); the flag says whether there was one to fold."""
+    scale = _tl.ln1_scale(model, block) if fold_norm else None
+    gamma = None if scale is None else scale.double().cpu()[None, :, None]
+    out = {}
+    for key, get in (("Q", _tl.w_q), ("K", _tl.w_k), ("V", _tl.w_v)):
+        w = get(model, block).double().cpu()
+        out[key] = w if gamma is None else w * gamma
+    out["O"] = _tl.w_o(model, block).double().cpu()
+    return out, gamma is not None
 
 
 def _left_core(u: Tensor, v: Tensor) -> Tensor:
@@ -87,31 +85,40 @@ def _right_core(u: Tensor, v: Tensor) -> Tensor:
     return u @ torch.linalg.qr(v.transpose(-2, -1), mode="r")[1].transpose(-2, -1)
 
 
-def scores_from_factors(
-    factors: dict[str, list[Tensor]], kind: str, *, dtype: torch.dtype = torch.float32
-) -> Scores:
-    """Composition scores of ``kind`` from :func:`head_factors`; entries with ℓ₁ ≥ ℓ₂ are 0.
-    The cores come from float64 QR; their pair products and norms run in ``dtype``."""
-    n_layers = len(factors["O"])
-    n_heads, _, d_head = factors["V"][0].shape
-    left = [_left_core(factors["V"][b], factors["O"][b]).to(dtype) for b in range(n_layers)]
-    if kind == "Q":
-        pairs = [(factors["Q"][b], factors["K"][b].transpose(-2, -1)) for b in range(n_layers)]
-    elif kind == "K":
-        pairs = [(factors["K"][b], factors["Q"][b].transpose(-2, -1)) for b in range(n_layers)]
-    else:
-        pairs = [(factors["V"][b], factors["O"][b]) for b in range(n_layers)]
-    right = [_right_core(u, v).to(dtype) for u, v in pairs]
+def head_cores(
+    model: Any, kind: str, *, fold_norm: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[list[Tensor], list[Tensor], bool]:
+    """Per block the writer cores of W_OV ``[head, d_head, d_model]`` and the reader cores of
+    ``kind``'s matrix ``[head, d_model, d_head]`` (float64 QR, stored in ``dtype``), one block's
+    weights in memory at a time; and whether a norm scale was folded."""
+    left, right, folded = [], [], False
+    for block in range(_tl.model_info(model).n_layers):
+        f, has_scale = block_factors(model, block, fold_norm=fold_norm)
+        folded |= has_scale
+        left.append(_left_core(f["V"], f["O"]).to(dtype))
+        u, v = {
+            "Q": (f["Q"], f["K"].transpose(-2, -1)),
+            "K": (f["K"], f["Q"].transpose(-2, -1)),
+            "V": (f["V"], f["O"]),
+        }[kind]
+        right.append(_right_core(u, v).to(dtype))
+    return left, right, folded
+
+
+def scores_from_cores(left: list[Tensor], right: list[Tensor]) -> Scores:
+    """Composition scores from :func:`head_cores`; entries with ℓ₁ ≥ ℓ₂ are 0."""
+    n_layers = len(left)
+    n_heads, d_head, d_model = left[0].shape
     left_norm = torch.stack([c.square().sum((-2, -1)) for c in left]).sqrt()  # [layer, head]
     right_norm = torch.stack([c.square().sum((-2, -1)) for c in right]).sqrt()
-    scores = torch.zeros(n_layers, n_heads, n_layers, n_heads, dtype=dtype)
+    # every reader core side by side: [d_model, (layer, head, d_head)]
+    readers = torch.stack(right).permute(2, 0, 1, 3).reshape(d_model, -1)
+    scores = torch.zeros(n_layers, n_heads, n_layers, n_heads, dtype=left[0].dtype)
+    width = n_heads * d_head
     for b1 in range(n_layers - 1):
-        # every head of b1 against every head of every later block in one product:
-        # [head·d_head, d_model] @ [d_model, later·head·d_head]
-        a = left[b1].reshape(n_heads * d_head, -1)
-        later = torch.stack(right[b1 + 1 :])  # [later, head, d_model, d_head]
-        b = later.permute(2, 0, 1, 3).reshape(a.shape[1], -1)
-        prod = (a @ b).view(n_heads, d_head, n_layers - b1 - 1, n_heads, d_head)
+        # every head of b1 against every head of every later block in one product
+        prod = left[b1].reshape(width, d_model) @ readers[:, (b1 + 1) * width :]
+        prod = prod.view(n_heads, d_head, n_layers - b1 - 1, n_heads, d_head)
         norms = prod.square().sum((1, 4)).sqrt()  # [head, later, head]
         scores[b1, :, b1 + 1 :] = norms / (
             left_norm[b1][:, None, None] * right_norm[b1 + 1 :][None, :, :]
@@ -156,8 +163,8 @@ def composition_scores(
     """
     kind = _check_kind(kind)
     dtype = _check_dtype(dtype)
-    factors, _ = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
-    return scores_from_factors(factors, kind, dtype=dtype)
+    left, right, _ = head_cores(model, kind, fold_norm=_flag(fold_norm, "fold_norm"), dtype=dtype)
+    return scores_from_cores(left, right)
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -284,12 +291,14 @@ def composition(
     kind = _check_kind(kind)
     dtype = _check_dtype(dtype)
     info = _tl.model_info(model)
-    factors, folded = head_factors(model, fold_norm=_flag(fold_norm, "fold_norm"))
+    left, right, folded = head_cores(
+        model, kind, fold_norm=_flag(fold_norm, "fold_norm"), dtype=dtype
+    )
     mean, std = random_composition_baseline(
         info.d_model, info.d_head, n_samples=baseline_samples, seed=seed
     )
     return Composition(
-        scores=scores_from_factors(factors, kind, dtype=dtype),
+        scores=scores_from_cores(left, right),
         kind=kind,
         baseline=mean,
         baseline_std=std,

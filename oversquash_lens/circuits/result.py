@@ -19,10 +19,11 @@ __all__ = ["PathExpansion", "path_label"]
 Path = tuple[tuple[int, int], ...]
 
 
-def path_label(path: Path) -> str:
+def path_label(path: Path, source: str = "embed") -> str:
     """``()`` → ``"embed"``, ``((0, 3),)`` → ``"L0H3"``, ``((0, 3), (1, 5))`` →
-    ``"L0H3 → L1H5"``."""
-    return " → ".join(f"L{layer}H{head}" for layer, head in path) if path else "embed"
+    ``"L0H3 → L1H5"``; another source is named first: ``"MLP2 → L4H1"``."""
+    heads = [f"L{layer}H{head}" for layer, head in path]
+    return " → ".join(heads if source == "embed" and heads else [source, *heads])
 
 
 @dataclass(frozen=True)
@@ -30,31 +31,37 @@ class PathExpansion:
     """The target's final residual split into paths (see :mod:`.expansion`).
 
     Attributes:
+        sources: per term, where its path starts: ``"embed"`` (token + position embedding) or
+            ``"MLP3"`` (the write of block 3's MLP, listed with ``mlp_order``).
         paths: one tuple of ``(layer, head)`` per term, in the row order of ``vectors``
-            (``()`` is the direct path: the embedding incl. position).
+            (``()``: the source itself, e.g. the direct path of the embedding).
         vectors: ``[term, d_model]``, each path's contribution to the residual.
-        remainder_parts: ``higher_order`` (paths longer than ``max_order``),
+        remainder_parts: ``higher_order`` (embedding paths longer than ``max_order``),
             ``attention_bias`` (paths started at b_O, b_V or a norm's β) and ``mlp`` (paths
-            started at an MLP output); each ``[d_model]``; they sum to :attr:`remainder`.
+            started at an MLP output, beyond ``mlp_order`` when that is set); each
+            ``[d_model]``; they sum to :attr:`remainder`.
         listed_check: what the listed terms add up to, computed the other way (propagating
             each order through all positions); compare with ``vectors.sum(0)``.
         residual: the measured ``hook_resid_post`` of the last block at the target.
-        by_position: ``[order, pos, d_model]``: for order k = 0..max_order, the sum of all
-            order-k terms split by the source position whose embedding they carry.
+        by_position: per source kind (``"embed"``, and ``"mlp"`` with ``mlp_order``) an
+            ``[order, pos, d_model]`` tensor: the sum of that kind's order-k terms split by the
+            source position whose embedding (MLP write) they carry.
         final_scale, final_gamma, final_beta, final_centres: the final norm frozen at the
             target (divisor, scale, bias, LayerNorm centring), for logit contributions.
         w_u, b_u: the model's unembedding (a view, not a copy).
     """
 
+    sources: tuple[str, ...]
     paths: tuple[Path, ...]
     vectors: Float[Tensor, "term d_model"]
     remainder_parts: dict[str, Tensor]
     listed_check: Float[Tensor, " d_model"]
     residual: Float[Tensor, " d_model"]
-    by_position: Float[Tensor, "order pos d_model"]
+    by_position: dict[str, Tensor]
     tokens: Int[Tensor, " pos"]
     target: int
     max_order: int
+    mlp_order: int | None
     final_scale: float
     final_gamma: Tensor | None
     final_beta: Tensor | None
@@ -77,7 +84,22 @@ class PathExpansion:
 
     @property
     def term_labels(self) -> tuple[str, ...]:
-        return tuple(path_label(p) for p in self.paths)
+        return tuple(path_label(p, s) for p, s in zip(self.paths, self.sources))
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Per term ``"embed"`` or ``"mlp"``."""
+        return tuple("embed" if s == "embed" else "mlp" for s in self.sources)
+
+    def _groups(self) -> list[tuple[str, Tensor]]:
+        """``(name, row mask)`` per (source kind, order): ``order_k`` for the embedding's
+        paths, ``mlp_order_k`` for MLP-started ones."""
+        kinds, orders = self.kinds, self.orders
+        is_mlp = torch.tensor([k == "mlp" for k in kinds], dtype=torch.bool)
+        out = [(f"order_{k}", ~is_mlp & (orders == k)) for k in range(self.max_order + 1)]
+        if self.mlp_order is not None:
+            out += [(f"mlp_order_{k}", is_mlp & (orders == k)) for k in range(self.mlp_order + 1)]
+        return out
 
     def _relative(self, gap: Tensor) -> float:
         scale = float(self.residual.double().norm())
@@ -151,6 +173,7 @@ class PathExpansion:
         frame = pd.DataFrame(
             {
                 "term": self.term_labels,
+                "source": self.sources,
                 "order": self.orders.numpy(),
                 "logit": self._logits(token, versus).numpy(),
             }
@@ -162,8 +185,8 @@ class PathExpansion:
         total, each remainder part, the constant; ``total`` (their sum) and ``model_logit``
         (from the measured residual; the model's own value up to any final soft-capping)."""
         u = self.logit_direction(token, versus)
-        logits, orders = self._logits(token, versus), self.orders
-        parts = {f"order_{k}": float(logits[orders == k].sum()) for k in range(self.max_order + 1)}
+        logits = self._logits(token, versus)
+        parts = {name: float(logits[mask].sum()) for name, mask in self._groups()}
         parts |= {name: float(v.double() @ u) for name, v in self.remainder_parts.items()}
         parts["constant"] = self.logit_constant(token, versus)
         parts["total"] = sum(parts.values())
@@ -180,48 +203,66 @@ class PathExpansion:
         return out
 
     def to_dataframe(self, token: Any | None = None) -> pd.DataFrame:
-        """One row per term (rows of :attr:`vectors`): ``term`` (``"L0H3 → L1H5"``), ``order``,
-        ``norm``, ``resid_share`` (v · x / ‖x‖², sums to 1 with the remainder) and, with a
-        ``token``, ``logit``."""
-        frame = pd.DataFrame({"term": self.term_labels, "order": self.orders.numpy()})
+        """One row per term (rows of :attr:`vectors`): ``term`` (``"L0H3 → L1H5"``),
+        ``source``, ``order`` (number of heads), ``norm``, ``resid_share`` (v · x / ‖x‖², sums
+        to 1 with the remainder) and, with a ``token``, ``logit``."""
+        frame = pd.DataFrame(
+            {"term": self.term_labels, "source": self.sources, "order": self.orders.numpy()}
+        )
         return frame.assign(**self._scores(self.vectors, token))
 
-    def by_path(self, token: Any | None = None, *, order: int | None = None) -> pd.DataFrame:
-        """:meth:`to_dataframe`, optionally of one order, sorted by ``logit`` (with a token) or
-        by ``norm``."""
+    def by_path(
+        self, token: Any | None = None, *, order: int | None = None, source: str | None = None
+    ) -> pd.DataFrame:
+        """:meth:`to_dataframe`, optionally of one order and one source kind (``"embed"`` or
+        ``"mlp"``), sorted by ``logit`` (with a token) or by ``norm``."""
         frame = self.to_dataframe(token)
         if order is not None:
             frame = frame[frame["order"] == self._order(order)]
+        if source is not None:
+            if source not in ("embed", "mlp"):
+                raise InvalidArgumentError(f"source={source!r} must be 'embed' or 'mlp'")
+            frame = frame[[k == source for k in self._kind_of(frame)]]
         key = "logit" if token is not None else "norm"
         return frame.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)
 
+    @staticmethod
+    def _kind_of(frame: pd.DataFrame) -> list[str]:
+        return ["embed" if s == "embed" else "mlp" for s in frame["source"]]
+
     def by_order(self, token: Any | None = None) -> pd.DataFrame:
-        """Rows ``order_0 … order_k`` (sum of each order's terms) and the remainder parts."""
-        rows = [f"order_{k}" for k in range(self.max_order + 1)] + list(self.remainder_parts)
-        orders = self.orders
-        sums = [self.vectors[orders == k].sum(0) for k in range(self.max_order + 1)]
+        """Rows ``order_0 … order_k`` (sum of the embedding's order-k terms), ``mlp_order_k``
+        (with ``mlp_order``) and the remainder parts."""
+        groups = self._groups()
+        sums = [self.vectors[mask].sum(0) for _, mask in groups]
         stacked = torch.stack(sums + list(self.remainder_parts.values()))
+        rows = [name for name, _ in groups] + list(self.remainder_parts)
         return pd.DataFrame({"part": rows, **self._scores(stacked, token)})
 
     def by_source_position(self, token: Any | None = None) -> pd.DataFrame:
-        """One row per (order, source position): the order's terms restricted to what they
-        carry from that position's embedding."""
-        n_orders, n, _ = self.by_position.shape
+        """One row per (source kind, order, source position): that kind's order-k terms
+        restricted to what they carry from that position's embedding (MLP write)."""
         labels = list(self.labels) or [str(i) for i in self.tokens.tolist()]
-        frame = pd.DataFrame(
-            {
-                "order": [k for k in range(n_orders) for _ in range(n)],
-                "pos": list(range(n)) * n_orders,
-                "token": labels[:n] * n_orders,
-            }
-        )
-        return frame.assign(**self._scores(self.by_position.reshape(n_orders * n, -1), token))
+        frames = []
+        for kind, grid in self.by_position.items():
+            n_orders, n, _ = grid.shape
+            frame = pd.DataFrame(
+                {
+                    "source": kind,
+                    "order": [k for k in range(n_orders) for _ in range(n)],
+                    "pos": list(range(n)) * n_orders,
+                    "token": labels[:n] * n_orders,
+                }
+            )
+            frames.append(frame.assign(**self._scores(grid.reshape(n_orders * n, -1), token)))
+        return pd.concat(frames, ignore_index=True)
 
     def _order(self, order: Any) -> int:
+        top = max(self.max_order, -1 if self.mlp_order is None else self.mlp_order)
         if isinstance(order, bool) or not isinstance(order, int):
             raise InvalidArgumentError(f"order={order!r} must be an int")
-        if not 0 <= order <= self.max_order:
-            raise InvalidArgumentError(f"order={order} is not in 0..{self.max_order}")
+        if not 0 <= order <= top:
+            raise InvalidArgumentError(f"order={order} is not in 0..{top}")
         return order
 
     def _repr_html_(self) -> str:

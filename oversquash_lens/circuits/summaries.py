@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import _tl
 from ..heads.scores import ov_scores
-from .composition import _flag, _left_core, head_factors
+from .composition import _flag, _left_core, block_factors
 
 __all__ = ["circuit_summaries", "qk_scores"]
 
@@ -73,13 +73,13 @@ def circuit_summaries(model: Any, *, fold_norm: bool = True) -> pd.DataFrame:
     """
     info = _tl.model_info(model)
     fold_norm = _flag(fold_norm, "fold_norm")
-    factors, _ = head_factors(model, fold_norm=fold_norm)
     ov_copying, ov_neg, _ = ov_scores(model, info.n_layers, fold_norm=fold_norm)
-    w_q, w_k = torch.stack(factors["Q"]), torch.stack(factors["K"])
-    qk_self, qk_eig, qk_norm = qk_scores(w_q, w_k)
-    ov_norm = torch.stack(
-        [_left_core(v, o).square().sum((-2, -1)).sqrt() for v, o in zip(factors["V"], factors["O"])]
-    )
+    rows = []
+    for block in range(info.n_layers):  # one block's weights in memory at a time
+        f, _ = block_factors(model, block, fold_norm=fold_norm)
+        ov_norm = _left_core(f["V"], f["O"]).square().sum((-2, -1)).sqrt()
+        rows.append(torch.stack([*qk_scores(f["Q"], f["K"]), ov_norm]))
+    qk_self, qk_eig, qk_norm, ov_norm = torch.stack(rows, dim=1)  # each [layer, head]
     n_layers, n_heads = info.n_layers, info.n_heads
     frame = pd.DataFrame(
         {

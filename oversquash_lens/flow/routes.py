@@ -13,7 +13,9 @@ multiplies every attention part by that norm's per-position factor ``w / rms_t``
 same forward pass, so the parts stay linear and still sum exactly). A part ``z`` of the sum
 ``x`` gets the proximity ``max(‖x‖₁ − ‖z − x‖₁, 0)``, normalised over all parts of ``x``: its
 *importance*. Walking back from the target node and keeping the edges whose importance exceeds
-``τ`` gives the route graph.
+``τ`` gives the route graph. Two granularities, each normalised over its own set of parts:
+``by_head=True`` (default) has one part per head and source, ``by_head=False`` one per source
+with the heads summed, ``Σ_h α^{b,h}_{t,j} v^{b,h}_j W_O^{b,h}`` (the paper's token edges).
 
 Nodes are ``(layer, position)`` with ``layer`` numbered like :func:`capture_residuals`: layer 0 is
 the embedding, layer ``ℓ`` the residual after ``ℓ`` blocks. Block ``b`` joins layer ``b`` to
@@ -42,7 +44,7 @@ from torch import Tensor
 
 from .. import _tl, _validate
 from .._display import frame_html
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 __all__ = ["FlowRoutes", "information_flow"]
 
@@ -50,17 +52,24 @@ __all__ = ["FlowRoutes", "information_flow"]
 _CHUNK_ELEMENTS = 1 << 22
 #: Key positions per chunk of value vectors.
 _KEY_CHUNK = 64
+#: Nodes whose importances are computed together (their ``[head, node, key]`` buffers).
+_NODE_BATCH = 256
 #: The paper's default edge threshold.
 DEFAULT_TAU = 0.04
 _OTHER = ("residual", "bias", "mlp")
 
 
-class _Node(NamedTuple):
-    """Importances of the parts of one node: ``heads [head, t+1]`` and ``other [3]``
-    (residual, attention bias, MLP)."""
+class _Level(NamedTuple):
+    """Importances of the parts of one node at one granularity: ``attn [group, t+1]`` (group =
+    head, or 1 for the heads summed) and ``other [3]`` (residual, attention bias, MLP)."""
 
-    heads: Tensor
+    attn: Tensor
     other: Tensor
+
+
+class _Node(NamedTuple):
+    heads: _Level  # one part per head and source
+    tokens: _Level  # one part per source, heads summed
 
 
 @dataclass(frozen=True)
@@ -123,89 +132,107 @@ class FlowRoutes:
         return _validate.resolve_index(position, self.n_pos, name="position")
 
     # ----------------------------------------------------------------- parts
-    def part_labels(self, layer: int, position: int) -> list[str]:
+    def part_labels(self, layer: int, position: int, *, by_head: bool = True) -> list[str]:
         """Names of the parts of node ``(layer, position)`` in the order of :meth:`parts`."""
         layer, p = self._layer(layer), self._position(position)
         if layer == 0:
             return ["embedding"]
         b = layer - 1
-        heads = [f"L{b}H{h} ← {j}" for h in range(self.n_heads) for j in range(p + 1)]
+        if _validate.flag(by_head, "by_head"):
+            attn = [f"L{b}H{h} ← {j}" for h in range(self.n_heads) for j in range(p + 1)]
+        else:
+            attn = [f"L{b} attn ← {j}" for j in range(p + 1)]
         bias = [f"L{b} attn bias"] if self.b_o is not None else []
-        return ["residual", *heads, *bias, f"L{b} mlp"]
+        return ["residual", *attn, *bias, f"L{b} mlp"]
 
-    def parts(self, layer: int, position: int) -> tuple[list[str], Float[Tensor, "part d_model"]]:
+    def parts(
+        self, layer: int, position: int, *, by_head: bool = True
+    ) -> tuple[list[str], Float[Tensor, "part d_model"]]:
         """``(labels, vectors)``: the parts whose sum is the residual after ``layer`` blocks at
         ``position`` — ``"residual"`` (after ``layer − 1`` blocks), ``"L{b}H{h} ← {j}"`` for
-        every head and source ``j ≤ position`` (``b = layer − 1``, head-major), ``"L{b} attn
-        bias"`` (when the model has ``b_O``) and ``"L{b} mlp"``. ``layer = 0`` gives the single
-        part ``"embedding"``. Materialises ``head · (position + 1)`` vectors of ``d_model``."""
+        every head and source ``j ≤ position`` (``b = layer − 1``, head-major; with
+        ``by_head=False`` ``"L{b} attn ← {j}"``, the heads summed), ``"L{b} attn bias"`` (when
+        the model has ``b_O``) and ``"L{b} mlp"``. ``layer = 0`` gives the single part
+        ``"embedding"``. Materialises ``head · (position + 1)`` vectors of ``d_model``."""
+        labels = self.part_labels(layer, position, by_head=by_head)
         layer, p = self._layer(layer), self._position(position)
-        labels = self.part_labels(layer, p)
         if layer == 0:
             return labels, self.resid[0, p][None].clone()
         b = layer - 1
-        heads = self._head_parts(b, p, 0, p + 1).reshape(-1, self.resid.shape[-1])
-        rows = [self.resid[b, p][None], heads]
+        attn = self._head_parts(b, p, 0, p + 1)
+        attn = attn.reshape(-1, attn.shape[-1]) if by_head else attn.sum(0)
+        rows = [self.resid[b, p][None], attn]
         if self.b_o is not None:
             rows.append(self._bias(b, [p]))
         rows.append(self.mlp_out[b, p][None])
         return labels, torch.cat(rows)
 
-    def importance(self, layer: int, position: int) -> Float[Tensor, " part"]:
+    def importance(
+        self, layer: int, position: int, *, by_head: bool = True
+    ) -> Float[Tensor, " part"]:
         """Importance of every part of node ``(layer, position)``, aligned with :meth:`parts`:
         ``max(‖x‖₁ − ‖z − x‖₁, 0)`` normalised to sum to 1 over the parts (``[1.]`` at layer
-        0)."""
+        0). Float32 on the CPU (the importances are kept there, whatever the model's device)."""
+        by_head = _validate.flag(by_head, "by_head")
         layer, p = self._layer(layer), self._position(position)
         if layer == 0:
-            return torch.ones(1, dtype=self.resid.dtype, device=self.resid.device)
+            return torch.ones(1)
         node = self._nodes(layer - 1, [p])[p]
-        other = node.other if self.b_o is not None else node.other[[0, 2]]
-        return torch.cat([other[:1], node.heads.flatten(), other[1:]])
+        level = node.heads if by_head else node.tokens
+        other = level.other if self.b_o is not None else level.other[[0, 2]]
+        return torch.cat([other[:1], level.attn.flatten(), other[1:]])
 
     # ----------------------------------------------------------------- route graph
-    def edges(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> pd.DataFrame:
+    def edges(
+        self, tau: float = DEFAULT_TAU, *, layer: int = -1, by_head: bool = True
+    ) -> pd.DataFrame:
         """The route graph's edges, walking back from node ``(layer, target)`` (default the
         last layer) and keeping parts with importance ``> tau``.
 
         Columns: ``block`` ``b`` and ``layer`` ``b + 1`` (the edge runs from node ``(b,
-        source)`` to node ``(b + 1, target)``; docs/science.md "Conventions"), ``head`` (an int,
-        or ``"mlp"`` / ``"residual"``), ``source``,
+        source)`` to node ``(b + 1, target)``; docs/science.md "Conventions"), ``head`` (an int;
+        ``"attn"`` for the heads summed when ``by_head=False``; or ``"mlp"`` / ``"residual"``),
+        ``source``,
         ``target`` (positions), ``importance`` (of the part within its node), ``norm``
         (``‖z‖₂`` of the part) and ``flow`` (the product of importances from the start node
         down to this edge, summed over kept paths: how much of the start node the edge
         carries). Attention biases have no source node and are never edges (they still count
         in the normalisation). Sorted by layer (top first), then importance.
         """
-        rows = [e for block in self._walk(tau, layer) for e in block.rows()]
+        rows = [e for block in self._walk(tau, layer, by_head) for e in block.rows()]
         columns = ["block", "head", "source", "target", "importance", "norm", "flow"]
         frame = pd.DataFrame(rows, columns=columns)
         frame.insert(1, "layer", frame["block"] + 1)
         frame = frame.sort_values(["block", "importance"], ascending=[False, False])
         return frame.reset_index(drop=True)
 
-    def to_dataframe(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> pd.DataFrame:
+    def to_dataframe(
+        self, tau: float = DEFAULT_TAU, *, layer: int = -1, by_head: bool = True
+    ) -> pd.DataFrame:
         """The route graph's edges (:meth:`edges`)."""
-        return self.edges(tau, layer=layer)
+        return self.edges(tau, layer=layer, by_head=by_head)
 
-    def graph(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> Any:
+    def graph(self, tau: float = DEFAULT_TAU, *, layer: int = -1, by_head: bool = True) -> Any:
         """The route graph as a ``networkx.DiGraph`` on nodes ``(layer, position)`` (attributes
         ``token`` and ``flow``, the total of :meth:`source_totals` reaching the node). Parts
         joining the same two nodes (heads attending to the same source; residual and MLP) are
         one edge with ``importance`` their sum, ``parts`` ``{label: importance}`` (labels
-        ``"L{b}H{h}"``, ``"mlp"``, ``"residual"``) and ``norm`` the sum of their norms."""
+        ``"L{b}H{h}"`` or ``"L{b} attn"``, ``"mlp"``, ``"residual"``) and ``norm`` the sum of
+        their norms."""
         import networkx as nx
 
         graph = nx.DiGraph()
         start = self._layer(layer)
         graph.add_node((start, self.target), token=self._label(self.target), flow=1.0)
-        for block in self._walk(tau, layer):
+        for block in self._walk(tau, layer, by_head):
             for b, head, j, t, imp, norm, flow in block.rows():
                 u, v = (b, j), (b + 1, t)
                 for node in (u, v):
                     if node not in graph:
                         graph.add_node(node, token=self._label(node[1]), flow=0.0)
                 graph.nodes[u]["flow"] += flow
-                name = head if isinstance(head, str) else f"L{b}H{head}"
+                name = f"L{b}H{head}" if isinstance(head, int) else head
+                name = f"L{b} attn" if name == "attn" else name
                 if graph.has_edge(u, v):
                     data = graph.edges[u, v]
                     data["importance"] += imp
@@ -215,16 +242,18 @@ class FlowRoutes:
                     graph.add_edge(u, v, importance=imp, norm=norm, parts={name: imp})
         return graph
 
-    def source_totals(self, tau: float = DEFAULT_TAU, *, layer: int = -1) -> Float[Tensor, " pos"]:
+    def source_totals(
+        self, tau: float = DEFAULT_TAU, *, layer: int = -1, by_head: bool = True
+    ) -> Float[Tensor, " pos"]:
         """Per source token, the sum over kept paths (embedding ``(0, j)`` → … → ``(layer,
         target)``) of the product of the edge importances along the path: an attention rollout
         whose weights are the routes' importances, restricted to the route graph. At ``tau=0``
         the totals sum to 1 minus the importance mass of attention biases; a larger ``tau``
         drops paths, so the totals shrink. Float64, ``[pos]``."""
         flow = torch.zeros(self.n_pos, dtype=torch.float64)
-        for block in self._walk(tau, layer):
+        for block in self._walk(tau, layer, by_head):
             if block.b == 0:
-                flow = block.sources.cpu()
+                flow = block.sources
         if self._layer(layer) == 0:
             flow[self.target] = 1.0
         return flow
@@ -250,13 +279,13 @@ class FlowRoutes:
             f"Per-source totals (τ={DEFAULT_TAU})", frame
         )
 
-    def plot(self, tau: float = DEFAULT_TAU, *, layer: int = -1):
+    def plot(self, tau: float = DEFAULT_TAU, *, layer: int = -1, by_head: bool = True):
         """The route graph with plotly: positions on x (token labels), layers on y, edge width
         proportional to importance; attention edges blue, MLP orange, residual grey. A plotly
         figure: ``oversquash_lens.viz.save_html`` writes it with plotly.js inlined (offline)."""
         import plotly.graph_objects as go
 
-        graph = self.graph(tau, layer=layer)
+        graph = self.graph(tau, layer=layer, by_head=by_head)
         fig = go.Figure()
         colours = {"attention": "#1f77b4", "mlp": "#ff7f0e", "residual": "#999999"}
         buckets: dict[tuple[str, int], tuple[list, list]] = {}
@@ -355,21 +384,23 @@ class FlowRoutes:
     def _nodes(self, b: int, positions: list[int]) -> dict[int, _Node]:
         """Importances of nodes ``(b + 1, p)``, computing (and memoising) the missing ones."""
         missing = sorted({p for p in positions if (b, p) not in self._memo})
-        if missing:
-            for p, node in _node_importances(self, b, missing):
+        for i in range(0, len(missing), _NODE_BATCH):  # bounded [head, batch, key] buffers
+            for p, node in _node_importances(self, b, missing[i : i + _NODE_BATCH]):
                 self._memo[(b, p)] = node
         return {p: self._memo[(b, p)] for p in positions}
 
-    def _walk(self, tau: float, layer: int) -> Iterator["_Block"]:
+    def _walk(self, tau: float, layer: int, by_head: bool) -> Iterator["_Block"]:
         """The kept edges block by block from ``(layer, target)`` down to the embedding."""
         tau = check_tau(tau)
+        by_head = _validate.flag(by_head, "by_head")
         start = self._layer(layer)
-        weight = torch.zeros(self.n_pos, dtype=torch.float64, device=self.resid.device)
+        weight = torch.zeros(self.n_pos, dtype=torch.float64)  # the walk runs on the CPU
         weight[self.target] = 1.0
         for b in reversed(range(start)):
             reached = weight.nonzero().flatten().tolist()
             nodes = self._nodes(b, reached)
-            block = _Block(self, b, tau, weight, nodes)
+            levels = {t: node.heads if by_head else node.tokens for t, node in nodes.items()}
+            block = _Block(self, b, tau, weight, levels, by_head)
             weight = block.sources
             yield block
             if not reached:
@@ -381,38 +412,46 @@ class _Block:
     parts of importance ``> tau``; ``sources [pos]`` is the flow reaching layer ``b``."""
 
     def __init__(
-        self, routes: FlowRoutes, b: int, tau: float, weight: Tensor, nodes: dict[int, _Node]
+        self,
+        routes: FlowRoutes,
+        b: int,
+        tau: float,
+        weight: Tensor,
+        levels: dict[int, _Level],
+        by_head: bool,
     ):
-        self.routes, self.b = routes, b
+        self.routes, self.b, self.levels, self.by_head = routes, b, levels, by_head
         self.sources = torch.zeros_like(weight)
-        self.kept: list[tuple[int, Tensor, Tensor, Tensor]] = []  # (t, heads idx, other idx, w)
-        for t, node in nodes.items():
+        self.kept: list[tuple[int, Tensor, Tensor, Tensor]] = []  # (t, attn idx, other idx, w)
+        for t, level in levels.items():
             w = weight[t]
-            heads = (node.heads > tau).nonzero()  # [kept, 2]: (head, source)
-            other = (node.other > tau).nonzero().flatten()
+            attn = (level.attn > tau).nonzero()  # [kept, 2]: (head or 0, source)
+            other = (level.other > tau).nonzero().flatten()
             other = other[other != 1]  # the bias has no source node
-            vals = node.heads[heads[:, 0], heads[:, 1]].double()
-            self.sources.index_add_(0, heads[:, 1], w * vals)
-            self.sources[t] += w * node.other[other].double().sum()
-            self.kept.append((t, heads, other, w))
-        self.nodes = nodes
+            vals = level.attn[attn[:, 0], attn[:, 1]].double()
+            self.sources.index_add_(0, attn[:, 1], w * vals)
+            self.sources[t] += w * level.other[other].double().sum()
+            self.kept.append((t, attn, other, w))
 
     def rows(self) -> Iterator[tuple]:
-        """``(layer, head, source, target, importance, norm, flow)`` per kept part."""
+        """``(block, head, source, target, importance, norm, flow)`` per kept part."""
         r, b = self.routes, self.b
         if not self.kept:
             return
-        vnorm = r._value_norms(b)
-        for t, heads, other, w in self.kept:
-            node = self.nodes[t]
+        vnorm = r._value_norms(b) if self.by_head else None
+        for t, attn, other, w in self.kept:
+            level = self.levels[t]
             inv = float(r._inv_scale(b, [t])[0])
-            for h, j in heads.tolist():
-                imp = float(node.heads[h, j])
-                norm = float(r.patterns[b, h, t, j]) * inv * float(vnorm[h, j])
-                yield b, h, j, t, imp, norm, float(w) * imp
+            for h, j in attn.tolist():
+                imp = float(level.attn[h, j])
+                if vnorm is not None:
+                    norm = float(r.patterns[b, h, t, j]) * inv * float(vnorm[h, j])
+                else:
+                    norm = float(r._head_parts(b, t, j, j + 1).sum(0).norm())
+                yield b, h if self.by_head else "attn", j, t, imp, norm, float(w) * imp
             for k in other.tolist():
                 vec = r.resid[b, t] if k == 0 else r.mlp_out[b, t]
-                imp = float(node.other[k])
+                imp = float(level.other[k])
                 yield b, _OTHER[k], t, t, imp, float(vec.norm()), float(w) * imp
 
 
@@ -434,6 +473,7 @@ def _node_importances(
     prox_other = (x_l1 - (other - x).abs().sum(-1)).clamp_min(0).T  # [q, 3]
     n_keys = positions[-1] + 1
     prox_heads = torch.zeros(r.n_heads, len(positions), n_keys, device=x.device)
+    prox_tokens = torch.zeros(1, len(positions), n_keys, device=x.device)
     pos = torch.tensor(positions, device=x.device)
     inv = r._inv_scale(b, positions)
     d = x.shape[-1]
@@ -441,19 +481,34 @@ def _node_importances(
         k1 = min(n_keys, k0 + _KEY_CHUNK)
         vw = r._value_out(b, k0, k1)  # [head, c, d]
         first = int(torch.searchsorted(pos, k0))  # queries that can see these keys
-        rows = max(1, r.chunk_elements // (r.n_heads * (k1 - k0) * d))
+        rows = max(1, r.chunk_elements // ((r.n_heads + 1) * (k1 - k0) * d))
         for q0 in range(first, len(positions), rows):
             q1 = min(len(positions), q0 + rows)
             alpha = r.patterns[b, :, pos[q0:q1], k0:k1] * inv[q0:q1, None]  # [head, qq, c]
             parts = alpha[..., None] * vw[:, None]  # [head, qq, c, d]
-            parts.sub_(x[None, q0:q1, None]).abs_()
-            prox_heads[:, q0:q1, k0:k1] = (x_l1[None, q0:q1, None] - parts.sum(-1)).clamp_min(0)
-    total = prox_heads.sum((0, 2)) + prox_other.sum(-1)
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    prox_heads /= total[None, :, None]
-    prox_other /= total[:, None]
+            summed = parts.sum(0, keepdim=True)  # heads summed: one part per source
+            sums, norms = x[None, q0:q1, None], x_l1[None, q0:q1, None]
+            prox_tokens[:, q0:q1, k0:k1] = _proximity(summed, sums, norms)
+            prox_heads[:, q0:q1, k0:k1] = _proximity(parts, sums, norms)
+    levels = [_normalise(prox, prox_other.clone()) for prox in (prox_heads, prox_tokens)]
     for i, p in enumerate(positions):
-        yield p, _Node(prox_heads[:, i, : p + 1].clone(), prox_other[i].clone())
+        heads, tokens = (_Level(a[:, i, : p + 1].cpu(), o[i].cpu()) for a, o in levels)
+        yield p, _Node(heads, tokens)
+
+
+def _proximity(parts: Tensor, sums: Tensor, sum_l1: Tensor) -> Tensor:
+    """``max(‖x‖₁ − ‖z − x‖₁, 0)`` over the last axis; overwrites ``parts``."""
+    return (sum_l1 - parts.sub_(sums).abs_().sum(-1)).clamp_min_(0)
+
+
+def _normalise(prox_attn: Tensor, prox_other: Tensor) -> tuple[Tensor, Tensor]:
+    """Divide the proximities of every node (``[group, q, key]`` and ``[q, 3]``) by their sum
+    over the node's parts, in place (a node whose parts all have proximity 0 stays 0)."""
+    total = prox_attn.sum((0, 2)) + prox_other.sum(-1)
+    total = torch.where(total > 0, total, torch.ones_like(total))
+    prox_attn /= total[None, :, None]
+    prox_other /= total[:, None]
+    return prox_attn, prox_other
 
 
 # --------------------------------------------------------------------------- entry point
@@ -484,7 +539,8 @@ def information_flow(
         chunk_elements: elements per ``[head, query, key, d_model]`` chunk (default 2**22).
 
     Returns:
-        :class:`FlowRoutes`; all tensors float32 on the model's device.
+        :class:`FlowRoutes`: its tensors float32 on the model's device; importances, totals
+        and the walk on the CPU.
 
     Raises:
         UnsupportedModelError: no attention hooks (e.g. Mamba), or blocks whose output is not
