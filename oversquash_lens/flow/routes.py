@@ -28,8 +28,10 @@ Cost. One forward pass with hooks on the patterns, values, residuals and MLP out
 cache). The importance of the parts of one node costs ``H · (t+1) · d_model`` multiply-adds (the
 L1 distance of every part to the sum); it is taken in chunks of source positions (and of query
 positions), never materialising ``[head, query, key, d_model]``. ``all_positions=True`` does this
-for every node, ``O(L · H · n² · d_model)``; otherwise only the target's nodes are computed up
-front and the others when a walk reaches them (memoised). See ``benchmarks/routes.py``.
+for every node: ``O(L · H · n² · d_model)`` time, and the importances of both granularities take
+about half the memory of the attention patterns the result keeps anyway. Otherwise only the
+target's nodes are computed up front and the others when a walk first reaches them (memoised).
+See ``benchmarks/routes.py``.
 """
 
 import html
