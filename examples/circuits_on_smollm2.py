@@ -65,7 +65,7 @@ def top_tokens(model, tokens, k=5) -> str:
     )
 
 
-def show_expansion(model, text: str, answer: str) -> None:
+def show_expansion(model, text: str, answer: str, k_comp=None) -> None:
     tokens = model.to_tokens(text)
     exp, seconds, cpu, mib = measured(path_expansion, model, tokens, max_order=2, mlp_order=1)
     top = top_tokens(model, tokens)
@@ -105,6 +105,42 @@ def show_expansion(model, text: str, answer: str) -> None:
     moved = pos[pos["order"] > 0].groupby(["source", "pos", "token"], sort=False)["logit"].sum()
     print(f"\nlogit({answer!r}) moved through >= 1 head, by source position (largest five):")
     print(moved.sort_values(ascending=False).head(5).to_string(float_format="{:+.2f}".format))
+    answer_id = exp.token_id(answer)
+    seen = (tokens[0, :-1] == answer_id).nonzero().flatten().tolist()
+    if seen:  # the answer occurs earlier: which heads look at it from the target?
+        show_readers(model, tokens, seen[-1], exp, answer, k_comp)
+
+
+def show_readers(model, tokens, source: int, exp, answer: str, k_comp) -> None:
+    """Heads attending most from the target to ``source``, what their listed paths add to the
+    answer's logit, and (with K-composition scores) which earlier heads write their keys."""
+    n_heads = model.cfg.n_heads
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    grid = torch.stack(
+        [
+            cache[f"blocks.{b}.attn.hook_pattern"][0, :, -1, source]
+            for b in range(model.cfg.n_layers)
+        ]
+    )
+    frame = exp.logit_contributions(answer)
+    print(f"\nheads attending from the target to position {source} (the earlier {answer!r}):")
+    for flat in grid.flatten().topk(3).indices.tolist():
+        layer, head = divmod(flat, n_heads)
+        name = f"L{layer}H{head}"
+        ends_here = frame["term"].str.split(" → ").str[-1] == name
+        listed = frame[ends_here]["logit"].sum()
+        attention = float(grid[layer, head])
+        line = f"  {name}: attention {attention:.2f}, listed paths ending there add {listed:+.2f}"
+        if k_comp is not None and layer > 0:
+            into = k_comp.scores[:layer, :, layer, head]
+            top = into.flatten().topk(2)
+            cells = [
+                f"L{i // n_heads}H{i % n_heads} {float(v) / k_comp.baseline:.1f}×"
+                for v, i in zip(top.values, top.indices.tolist())
+            ]
+            line += "; K-composition into its keys from " + ", ".join(cells)
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg.d_head} (load {time.perf_counter() - t0:.1f} s, {torch.get_num_threads()} threads)"
     )
 
+    if not args.quick:  # first, so the peak-RSS reading starts from a fresh heap
+        with torch.no_grad():
+            model(model.to_tokens("warm up"))
+        digits = " ".join(str(i % 10) for i in range(7, 500, 3))
+        tokens = model.to_tokens(f"What is the last digit in this sequence? {digits}")[:, :64]
+        for mlp_order in (None, 1):
+            exp, seconds, cpu, mib = measured(
+                path_expansion, model, tokens, max_order=2, mlp_order=mlp_order
+            )
+            held = exp.vectors.numel() + sum(v.numel() for v in exp.by_position.values())
+            print(
+                f"\n64 tokens, max_order=2, mlp_order={mlp_order}: {seconds:.1f} s wall / "
+                f"{cpu:.1f} s CPU, peak RSS +{mib:.0f} MiB (result holds "
+                f"{held * exp.vectors.element_size() / 2**20:.0f} MiB), {len(exp.paths)} terms, "
+                f"reconstruction error {exp.reconstruction_error:.1e}"
+            )
+
+    comps = {}
     for kind in ("V",) if args.quick else ("V", "K", "Q"):
         comp, seconds, cpu, mib = measured(composition, model, kind)
+        comps[kind] = comp
         frame = comp.to_dataframe()
         share = (frame["relative"] > 2).mean()
         print(
@@ -147,22 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    show_expansion(model, args.prompt, args.answer)
+    show_expansion(model, args.prompt, args.answer, comps.get("K"))
     if not args.quick:
-        show_expansion(model, INDUCTION_PROMPT, args.answer)
-        digits = " ".join(str(i % 10) for i in range(7, 500, 3))
-        tokens = model.to_tokens(f"What is the last digit in this sequence? {digits}")[:, :64]
-        for mlp_order in (None, 1):
-            exp, seconds, cpu, mib = measured(
-                path_expansion, model, tokens, max_order=2, mlp_order=mlp_order
-            )
-            held = exp.vectors.numel() + sum(v.numel() for v in exp.by_position.values())
-            print(
-                f"\n64 tokens, max_order=2, mlp_order={mlp_order}: {seconds:.1f} s wall / "
-                f"{cpu:.1f} s CPU, peak RSS +{mib:.0f} MiB (result holds "
-                f"{held * exp.vectors.element_size() / 2**20:.0f} MiB), {len(exp.paths)} terms, "
-                f"reconstruction error {exp.reconstruction_error:.1e}"
-            )
+        show_expansion(model, INDUCTION_PROMPT, args.answer, comps.get("K"))
     return 0
 
 

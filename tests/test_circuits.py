@@ -164,14 +164,14 @@ def test_composition_result(llama):
     comp = composition(llama, "K", baseline_samples=64)
     assert isinstance(comp, Composition) and comp.kind == "K"
     frame = comp.to_dataframe()
-    assert len(frame) == 16 and (frame["source_layer"] < frame["dest_layer"]).all()
+    assert len(frame) == 16 and (frame["source_block"] < frame["dest_block"]).all()
     assert frame["score"].is_monotonic_decreasing
     row = frame.iloc[0]
-    s = comp.scores[row.source_layer, row.source_head, row.dest_layer, row.dest_head]
+    s = comp.scores[row.source_block, row.source_head, row.dest_block, row.dest_head]
     assert float(s) == pytest.approx(row.score) and row.relative == pytest.approx(
         row.score / comp.baseline
     )
-    assert row.source == f"L{row.source_layer}H{row.source_head}"
+    assert row.source == f"L{row.source_block}H{row.source_head}"
     pd.testing.assert_frame_equal(
         composition_table(llama, "K"), composition(llama, "K").to_dataframe()
     )
@@ -199,7 +199,7 @@ def test_qk_scores_planted():
 
 def test_circuit_summaries(arch_model):
     table = circuit_summaries(arch_model)
-    assert list(table.columns[:3]) == ["layer", "head", "name"] and len(table) == 8
+    assert list(table.columns[:3]) == ["block", "head", "name"] and len(table) == 8
     copying, negative, _ = ov_scores(arch_model, 2, fold_norm=True)
     assert torch.allclose(torch.tensor(table["ov_copying"].to_numpy()).float(), copying.flatten())
     assert torch.allclose(
@@ -450,3 +450,23 @@ def test_top_level_exports():
         "circuit_summaries",
     ):
         assert name in osl.__all__ and getattr(osl, name) is not None
+
+
+def test_example_script_on_a_tiny_model(tmp_path):
+    """examples/circuits_on_smollm2.py in quick mode on a tiny Llama folder (the embedded model
+    is what the script is for; the tiny one checks that it runs and that its numbers add up)."""
+    import re
+
+    from .test_examples import run_example
+
+    folder = testing.save_tiny_model("llama", tmp_path / "llama")
+    prompt = "what is the last digit in this sequence ? 3 8 1 9 4 7 2 6 . answer :"
+    out = run_example("circuits_on_smollm2.py", "--model", str(folder), "--prompt", prompt)
+    assert "V-composition: 16 pairs" in out and "random baseline" in out
+    error = float(re.search(r"reconstruction error ([0-9.e+-]+)", out).group(1))
+    assert error < 1e-4
+    line = next(x for x in out.splitlines() if x.startswith("logit('6'):"))
+    total = float(re.search(r"total ([-+][0-9.]+)", line).group(1))
+    model_logit = float(re.search(r"model_logit ([-+][0-9.]+)", line).group(1))
+    assert abs(total - model_logit) < 0.011
+    assert "heads attending from the target to position 17 (the earlier '6')" in out

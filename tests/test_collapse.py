@@ -160,8 +160,8 @@ def test_separators_keep_the_gap_with_a_sliding_window():
     late = r["length"] >= 16  # beyond the receptive field (2 layers x window 8)
     assert (r.loc[late, "rel_l2"] < 1e-5).all()  # same window content: collapsed to fp32 noise
     assert (r.loc[~late, "rel_l2"] > 1e-2).all()
-    assert rep.crossing_length("bfloat16") == 16
-    assert rep.crossing_length("bfloat16", mode="native") == 16
+    assert rep.crossing_length("bfloat16", criterion="collapsed") == 16
+    assert rep.crossing_length("bfloat16", mode="native", criterion="collapsed") == 16
     assert (s.loc[s["length"] >= 16, "rel_linf"] > 2.0**-7).all()  # commas: no fall to zero
     assert (a["rel_l2"] > 0.3).all()
     for precision in ("float32", "bfloat16", "float16"):
@@ -176,17 +176,26 @@ def _curve(flags, identical=None):
             "length": [2**i for i in range(n)], "layer": 1, "precision": "bfloat16",
             "mode": "rounded", "l1": 0.0, "linf": 0.0, "rel_l2": 0.0, "rel_linf": 0.0,
             "identical": identical or [False] * n, "collapsed": flags,
+            "identical_fraction": [1.0 if x else 0.5 for x in (identical or [False] * n)],
         }
     )  # fmt: skip
     return CollapseCurve(frame, "repeat", tuple(frame.length), ("bfloat16",), "float32", 1)
 
 
 def test_crossing_length_definition():
-    assert _curve([False, True, False, True, True]).crossing_length("bf16") == 8
-    assert _curve([True, True, True]).crossing_length("bfloat16", layer=1) == 1
-    assert _curve([True, True, False]).crossing_length("bfloat16") is None
+    res = {"criterion": "collapsed"}  # the resolution-based, secondary notion
+    assert _curve([False, True, False, True, True]).crossing_length("bf16", **res) == 8
+    assert _curve([True, True, True]).crossing_length("bfloat16", layer=1, **res) == 1
+    assert _curve([True, True, False]).crossing_length("bfloat16", **res) is None
     c = _curve([True, True, True], identical=[False, True, True])
+    assert c.crossing_length("bfloat16") == 2  # the headline: bit-identical
     assert c.crossing_length("bfloat16", criterion="identical") == 2
+    assert _curve([True, True, True]).crossing_length("bfloat16") is None  # never identical
+    table = c.crossings()
+    assert table.loc[0, "identical"] == 2 and table.loc[0, "collapsed"] == 1
+    assert not table.loc[0, "at_grid_end"] and "bit-identical from n = 2" in table.loc[0, "reading"]
+    end = _curve([False, False, True]).crossings()  # below resolution only at the last n
+    assert end.loc[0, "at_grid_end"] and "only at the last n" in end.loc[0, "reading"]
     with pytest.raises(OversquashError, match="'float16' was not measured"):
         c.crossing_length("float16")
     with pytest.raises(OversquashError, match="mode='native'"):
@@ -232,7 +241,7 @@ def test_frame_plot_html_and_batching(llama):
     df = curve.to_dataframe()
     assert list(df.columns) == [
         "length", "layer", "precision", "mode", "l1", "linf", "rel_l2", "rel_linf",
-        "identical", "collapsed",
+        "identical", "identical_fraction", "collapsed",
     ]  # fmt: skip
     # lengths x layers x (3 rounded + native float32 and bfloat16; float16 is opt-in on CPU)
     assert len(df) == 3 * (llama.cfg.n_layers + 1) * 5
@@ -244,7 +253,7 @@ def test_frame_plot_html_and_batching(llama):
     fig = curve.plot()
     assert len(fig.data) == 5 and fig.layout.xaxis.type == "log"  # one trace per (precision, mode)
     html = curve._repr_html_()
-    assert "CollapseCurve" in html and "crossing length" in html
+    assert "CollapseCurve" in html and "crossing length" in html.lower()
     with pytest.raises(OversquashError, match="metric='l2'"):
         curve.plot(metric="l2")
 

@@ -159,7 +159,8 @@ def composition_scores(
             19 s for SmolLM2-135M's 35k pairs on one CPU thread) or float64.
 
     Returns:
-        ``[layer, head_index, layer, head_index]`` scores in [0, 1], in ``dtype``.
+        ``[layer, head_index, layer, head_index]`` scores in [0, 1], in ``dtype`` (the axis
+        TransformerLens calls ``layer`` is the block index b of docs/science.md).
     """
     kind = _check_kind(kind)
     dtype = _check_dtype(dtype)
@@ -233,7 +234,7 @@ class Composition:
         return self.scores.shape[1]
 
     def to_dataframe(self) -> pd.DataFrame:
-        """One row per pair with ``l1 < l2``: ``source_layer, source_head, dest_layer,
+        """One row per pair with ``l1 < l2``: ``source_block, source_head, dest_block,
         dest_head, source, dest`` (``"L0H3"``), ``score``, ``relative`` (score / baseline) and
         ``z`` ((score − baseline) / baseline_std), sorted by decreasing score."""
         n_layers, n_heads = self.n_layers, self.n_heads
@@ -241,7 +242,7 @@ class Composition:
         idx = idx[idx[:, 0] < idx[:, 2]]
         vals = self.scores[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]].double().numpy()
         frame = pd.DataFrame(
-            idx.numpy(), columns=["source_layer", "source_head", "dest_layer", "dest_head"]
+            idx.numpy(), columns=["source_block", "source_head", "dest_block", "dest_head"]
         )
         frame.insert(4, "source", [f"L{a}H{b}" for a, b in idx[:, :2].tolist()])
         frame.insert(5, "dest", [f"L{a}H{b}" for a, b in idx[:, 2:].tolist()])

@@ -57,7 +57,7 @@ def qk_scores(
 
 
 def circuit_summaries(model: Any, *, fold_norm: bool = True) -> pd.DataFrame:
-    """One row per head: ``layer``, ``head``, ``name`` (``"L0H3"``), ``ov_copying``,
+    """One row per head: ``block``, ``head``, ``name`` (``"L0H3"``), ``ov_copying``,
     ``ov_neg_fraction``, ``qk_self``, ``qk_eig_positive``, ``ov_norm``, ``qk_norm``
     (definitions in the module docstring; docs/science.md §"Circuits framework").
 
@@ -83,11 +83,11 @@ def circuit_summaries(model: Any, *, fold_norm: bool = True) -> pd.DataFrame:
     n_layers, n_heads = info.n_layers, info.n_heads
     frame = pd.DataFrame(
         {
-            "layer": [layer for layer in range(n_layers) for _ in range(n_heads)],
+            "block": [block for block in range(n_layers) for _ in range(n_heads)],
             "head": list(range(n_heads)) * n_layers,
         }
     )
-    frame["name"] = [f"L{a}H{b}" for a, b in zip(frame["layer"], frame["head"])]
+    frame["name"] = [f"L{a}H{b}" for a, b in zip(frame["block"], frame["head"])]
     columns = {
         "ov_copying": ov_copying,
         "ov_neg_fraction": ov_neg,

@@ -37,7 +37,6 @@ right-padded to its partner's length so both are computed in the same forward pa
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, SupportsIndex
 
 import pandas as pd
@@ -46,173 +45,22 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import _tl, _validate
-from .._display import frame_html
 from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 from ..glasses import Intervention, applied, describe
 from ..tasks.prompts import Pair, task_pair
+from .result import (
+    _CPU_FP16,
+    _FP8_NATIVE,
+    _NAMES,
+    COLUMNS,
+    FP8,
+    CollapseCurve,
+    _precision,
+    _round,
+    resolution,
+)
 
 __all__ = ["CollapseCurve", "collapse_curve", "resolution"]
-
-_NAMES = {
-    torch.float32: "float32",
-    torch.bfloat16: "bfloat16",
-    torch.float16: "float16",
-    torch.float64: "float64",
-    torch.float8_e4m3fn: "float8_e4m3fn",
-    torch.float8_e5m2: "float8_e5m2",
-}
-#: Storage-only precisions: rounded to, never run in (no whole-model fp8 kernels in torch).
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-_FP8_NATIVE = (
-    "8-bit floats are storage formats: torch cannot run a whole model in them; the states are "
-    "rounded only"
-)
-MODES = ("rounded", "native")
-COLUMNS = [
-    "length", "layer", "precision", "mode", "l1", "linf", "rel_l2", "rel_linf", "identical",
-    "collapsed",
-]  # fmt: skip
-
-
-_CPU_FP16 = "float16 on CPU is emulated (very slow); run_in_dtype=True runs it anyway"
-
-
-def resolution(precision: str | torch.dtype) -> float:
-    """Machine epsilon of ``precision``: the relative-L∞ threshold of ``collapsed`` (2^-7
-    bfloat16, 2^-10 float16, 2^-3 float8_e4m3fn, 2^-2 float8_e5m2)."""
-    return float(torch.finfo(_precision(precision)[1]).eps)
-
-
-def _round(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``x`` rounded to ``dtype`` (nearest-even); 8-bit formats saturate at their largest
-    finite value instead of overflowing."""
-    if dtype in FP8:
-        big = torch.finfo(dtype).max
-        x = x.clamp(-big, big)
-    return x.to(dtype)
-
-
-def _precision(p: Any) -> tuple[str, torch.dtype]:
-    try:
-        dtype = _validate.resolve_dtype(p) if p is not None else None
-    except InvalidArgumentError:
-        dtype = None
-    if dtype not in _NAMES:
-        raise InvalidArgumentError(f"precision={p!r} is not one of {sorted(set(_NAMES.values()))}")
-    return _NAMES[dtype], dtype
-
-
-@dataclass(frozen=True)
-class CollapseCurve:
-    """Gaps between a pair's last-token residuals per length, layer, precision and mode.
-
-    ``frame`` is long format (:data:`COLUMNS`); ``native`` lists the precisions the model
-    was actually run in and ``unavailable`` why the others were not.
-    """
-
-    frame: pd.DataFrame
-    task: str
-    lengths: tuple[int, ...]
-    precisions: tuple[str, ...]
-    reference_dtype: str
-    n_layers: int
-    native: tuple[str, ...] = ()
-    unavailable: Mapping[str, str] = field(default_factory=dict)
-    model_name: str = ""
-    intervention: str = "none"
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per (length, layer, precision, mode)."""
-        return self.frame.copy()
-
-    def _rows(self, precision: Any, layer: int, mode: str) -> pd.DataFrame:
-        name = _precision(precision)[0]
-        if name not in self.precisions:
-            raise InvalidArgumentError(
-                f"precision={precision!r} was not measured: {self.precisions}"
-            )
-        if mode not in MODES or (mode == "native" and name not in self.native):
-            have = ["rounded"] + (["native"] if name in self.native else [])
-            raise InvalidArgumentError(f"mode={mode!r} is not available for {name}: {have}")
-        layer = _validate.resolve_index(layer, self.n_layers + 1, name="layer")
-        f = self.frame
-        sel = f[(f["precision"] == name) & (f["mode"] == mode) & (f["layer"] == layer)]
-        return sel.sort_values("length")
-
-    def crossing_length(
-        self,
-        precision: Any,
-        layer: int = -1,
-        *,
-        mode: str = "rounded",
-        criterion: str = "collapsed",
-    ) -> int | None:
-        """Smallest measured n from which the pair stays collapsed at every larger measured n
-        (docs/science.md §2 'crossing length'); None if it is not collapsed at the largest n.
-        ``criterion="identical"`` asks for bit-identical states instead of the resolution."""
-        if criterion not in ("collapsed", "identical"):
-            raise InvalidArgumentError(
-                f"criterion={criterion!r} must be 'collapsed' or 'identical'"
-            )
-        rows = self._rows(precision, layer, mode)
-        flags = rows[criterion].to_numpy(dtype=bool)
-        if len(flags) == 0 or not flags[-1]:
-            return None
-        i = len(flags) - 1
-        while i > 0 and flags[i - 1]:
-            i -= 1
-        return int(rows["length"].iloc[i])
-
-    def plot(self, *, layer: int = -1, metric: str = "rel_linf"):
-        """Gap vs n (log-log) per precision and mode at ``layer``, with each precision's
-        resolution (machine epsilon) as a dotted line. Bit-identical points sit on the floor."""
-        import plotly.express as px
-
-        if metric not in ("l1", "linf", "rel_l2", "rel_linf"):
-            raise InvalidArgumentError(
-                f"metric={metric!r} is not one of l1, linf, rel_l2, rel_linf"
-            )
-        layer = _validate.resolve_index(layer, self.n_layers + 1, name="layer")
-        df = self.frame[self.frame["layer"] == layer].copy()
-        positive = df.loc[df[metric] > 0, metric]
-        floor = float(positive.min()) / 10 if len(positive) else 1e-12
-        df[metric] = df[metric].clip(lower=floor)
-        fig = px.line(
-            df, x="length", y=metric, color="precision", line_dash="mode", markers=True,
-            symbol="identical", log_x=True, log_y=True, hover_data=["l1", "linf", "rel_l2"],
-            title=f"Representational collapse: {self.task}, layer {layer} ({self.model_name})",
-        )  # fmt: skip
-        if metric.startswith("rel"):
-            for name in self.precisions:
-                eps = resolution(name)
-                fig.add_hline(y=eps, line_dash="dot", line_color="grey")
-                # Placed by hand: plotly puts add_hline's annotation at the linear value on a
-                # log axis (at 10**eps), which stacks every label at the top of the plot.
-                fig.add_annotation(
-                    x=1, xref="paper", xanchor="right", y=math.log10(eps), yref="y",
-                    yanchor="bottom", showarrow=False, text=f"{name} eps 2^{int(math.log2(eps))}",
-                )  # fmt: skip
-        fig.update_layout(
-            xaxis_title="n (items)", yaxis_title=metric,
-            legend_title_text="precision, mode (rounded/native), bit-identical",
-        )  # fmt: skip
-        return fig
-
-    def _repr_html_(self) -> str:
-        rows = []
-        for name in self.precisions:
-            for mode in ("rounded", "native") if name in self.native else ("rounded",):
-                rows.append(
-                    {"precision": name, "mode": mode, "crossing length (last layer)":
-                     self.crossing_length(name, mode=mode)}
-                )  # fmt: skip
-        head = (
-            f"<b>CollapseCurve</b> {self.model_name}: task={self.task!r}, "
-            f"n={list(self.lengths)}, reference dtype {self.reference_dtype}, "
-            f"native runs: {list(self.native) or 'none'}, intervention: {self.intervention}"
-        )
-        last = self.frame[self.frame["layer"] == self.n_layers]
-        return frame_html(head, pd.DataFrame(rows)) + frame_html("Last layer", last)
 
 
 def _lengths(lengths: Any) -> list[int]:
@@ -277,6 +125,7 @@ def _metrics(a: Tensor, b: Tensor) -> dict[str, Tensor]:
         "rel_l2": d.norm(dim=-1) / l2_norm,
         "rel_linf": d.amax(-1) / inf_norm,
         "identical": (a == b).all(-1),
+        "identical_fraction": (a == b).double().mean(-1),
     }
 
 
@@ -319,25 +168,20 @@ def collapse_curve(
     """
     info = _tl.model_info(model)
     ns = _lengths(lengths)
-    if isinstance(precisions, (str, torch.dtype)):
-        precisions = [precisions]
-    if not isinstance(precisions, Iterable):
-        raise InvalidArgumentError(f"precisions={precisions!r} must be a dtype name or a list")
-    specs = [_precision(p) for p in precisions]
-    if not specs:
-        raise InvalidArgumentError("precisions=() is empty")
-    specs = list(dict.fromkeys(specs))
-    if run_in_dtype not in (None, True, False):
-        raise InvalidArgumentError(f"run_in_dtype={run_in_dtype!r} must be None, True or False")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
+    _validate.fits_context(ns, info.n_ctx, extra=1)  # the extension has n+1 items: check first
+    specs = _specs(precisions)
+    if run_in_dtype is not None:
+        _validate.flag(run_in_dtype, "run_in_dtype")
+    _validate.integer(batch_size, "batch_size", minimum=1)
+    _validate.flag(share_prefix, "share_prefix")
     if run_in_dtype is True and any(d in FP8 for _, d in specs):
         bad = [n for n, d in specs if d in FP8]
         raise InvalidArgumentError(
             f"run_in_dtype=True with precisions {bad}: {_FP8_NATIVE}; use run_in_dtype=None "
             "(native where possible) or False"
         )
-    pairs = [task_pair(model, task, n, **dict(task_options or {})) for n in ns]
+    options = _validate.options(task_options, "task_options")
+    pairs = [task_pair(model, task, n, **options) for n in ns]
     for pair in pairs:
         longest = max(len(pair.base), len(pair.extended))
         if longest > info.n_ctx:
@@ -348,6 +192,45 @@ def collapse_curve(
     runs = _plan(pairs, share_prefix)
     ref_dtype = _tl.model_dtype(model)
     ref_name = _NAMES.get(ref_dtype, str(ref_dtype))
+    natives, unavailable = _native_plan(model, specs, ref_dtype, run_in_dtype)
+    states, ref = _run_all(
+        model, runs, info, batch_size, natives, unavailable, run_in_dtype, intervention,
+        progress, task,
+    )  # fmt: skip
+    if run_in_dtype is not False and ref_name in [n for n, _ in specs]:
+        states[ref_name] = ref
+    if run_in_dtype is False:
+        unavailable = {name: "run_in_dtype=False" for name, _ in specs}
+    return CollapseCurve(
+        frame=_frame(specs, ns, pairs, ref, states, info.n_layers),
+        task=task,
+        lengths=tuple(ns),
+        precisions=tuple(n for n, _ in specs),
+        reference_dtype=ref_name,
+        n_layers=info.n_layers,
+        native=tuple(n for n, _ in specs if n in states),
+        unavailable=unavailable,
+        model_name=info.name,
+        intervention=describe(intervention),
+    )
+
+
+def _specs(precisions: Any) -> list[tuple[str, torch.dtype]]:
+    """``(name, dtype)`` per requested precision, deduplicated, in the given order."""
+    if isinstance(precisions, (str, torch.dtype)):
+        precisions = [precisions]
+    if not isinstance(precisions, Iterable):
+        raise InvalidArgumentError(f"precisions={precisions!r} must be a dtype name or a list")
+    specs = [_precision(p) for p in precisions]
+    if not specs:
+        raise InvalidArgumentError("precisions=() is empty")
+    return list(dict.fromkeys(specs))
+
+
+def _native_plan(
+    model: Any, specs: list, ref_dtype: torch.dtype, run_in_dtype: bool | None
+) -> tuple[list[tuple[str, torch.dtype]], dict[str, str]]:
+    """The precisions to run the model in natively, and why the others are not."""
     natives = [(n, d) for n, d in specs if d != ref_dtype] if run_in_dtype is not False else []
     unavailable: dict[str, str] = {n: _FP8_NATIVE for n, d in natives if d in FP8}
     natives = [(n, d) for n, d in natives if d not in FP8]
@@ -355,17 +238,22 @@ def collapse_curve(
         # fp16 matmuls are emulated on CPUs (measured ~160x slower than bf16 here): opt-in.
         unavailable.update({n: _CPU_FP16 for n, d in natives if d == torch.float16})
         natives = [(n, d) for n, d in natives if n not in unavailable]
+    return natives, unavailable
+
+
+def _run_all(
+    model: Any, runs: list, info: Any, batch_size: int, natives: list, unavailable: dict,
+    run_in_dtype: bool | None, intervention: Intervention, progress: bool | None, task: str,
+) -> tuple[dict[str, dict], dict]:  # fmt: skip
+    """The reference run and one run per native precision (failures recorded, or raised
+    when ``run_in_dtype=True``), under ``intervention``, with one progress bar."""
     n_chunks = sum(math.ceil(c / batch_size) for c in _counts(runs).values())
-    bar = tqdm(
-        total=n_chunks * (1 + len(natives)), desc=f"collapse_curve {task}",
-        disable=not (progress if progress is not None else n_chunks * (1 + len(natives)) > 1),
-        leave=False,
-    )  # fmt: skip
+    total = n_chunks * (1 + len(natives))
+    bar = tqdm(total=total, desc=f"collapse_curve {task}",
+               disable=not _validate.progress_flag(progress, total > 1), leave=False)  # fmt: skip
     states: dict[str, dict] = {}
     with bar, applied(model, intervention):
         ref = _execute(model, runs, info, batch_size, bar)
-        if run_in_dtype is not False and ref_name in [n for n, _ in specs]:
-            states[ref_name] = ref
         for name, dtype in natives:
             try:
                 with _tl.cast_temporarily(model, dtype):
@@ -377,11 +265,16 @@ def collapse_curve(
                         f" ({type(exc).__name__}: {str(exc)[:200]})"
                     ) from exc
                 unavailable[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    if run_in_dtype is False:
-        unavailable = {name: "run_in_dtype=False" for name, _ in specs}
+    return states, ref
 
+
+def _frame(
+    specs: list, ns: list[int], pairs: Sequence[Pair], ref: dict, states: dict, n_layers: int
+) -> pd.DataFrame:
+    """The long-format table (:data:`COLUMNS`): every metric per length, layer, precision and
+    mode (rounded from the reference run, or native)."""
     frames = []
-    layers = torch.arange(info.n_layers + 1)
+    layers = torch.arange(n_layers + 1)
     for name, dtype in specs:
         sources = [("rounded", ref, dtype)] + (
             [("native", states[name], None)] if name in states else []
@@ -403,18 +296,7 @@ def collapse_curve(
             )
             frame["collapsed"] = frame["identical"] | (frame["rel_linf"] < resolution(dtype))
             frames.append(frame)
-    return CollapseCurve(
-        frame=pd.concat(frames, ignore_index=True)[COLUMNS],
-        task=task,
-        lengths=tuple(ns),
-        precisions=tuple(n for n, _ in specs),
-        reference_dtype=ref_name,
-        n_layers=info.n_layers,
-        native=tuple(n for n, _ in specs if n in states),
-        unavailable=unavailable,
-        model_name=info.name,
-        intervention=describe(intervention),
-    )
+    return pd.concat(frames, ignore_index=True)[COLUMNS]
 
 
 def _counts(runs: list) -> dict[int, int]:

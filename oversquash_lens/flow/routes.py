@@ -37,7 +37,7 @@ See ``benchmarks/routes.py``.
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 import torch
@@ -47,31 +47,16 @@ from torch import Tensor
 from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import UnsupportedModelError
+from ._route_graph import KEY_CHUNK, Block, check_tau, node_importances, route_figure
 
-__all__ = ["FlowRoutes", "information_flow"]
+__all__ = ["FlowRoutes", "information_flow", "check_tau"]
 
 #: Elements of one ``[head, query, key, d_model]`` chunk of parts (float32: 16 MiB).
 _CHUNK_ELEMENTS = 1 << 22
-#: Key positions per chunk of value vectors.
-_KEY_CHUNK = 64
 #: Nodes whose importances are computed together (their ``[head, node, key]`` buffers).
 _NODE_BATCH = 256
 #: The paper's default edge threshold.
 DEFAULT_TAU = 0.04
-_OTHER = ("residual", "bias", "mlp")
-
-
-class _Level(NamedTuple):
-    """Importances of the parts of one node at one granularity: ``attn [group, t+1]`` (group =
-    head, or 1 for the heads summed) and ``other [3]`` (residual, attention bias, MLP)."""
-
-    attn: Tensor
-    other: Tensor
-
-
-class _Node(NamedTuple):
-    heads: _Level  # one part per head and source
-    tokens: _Level  # one part per source, heads summed
 
 
 @dataclass(frozen=True)
@@ -285,66 +270,8 @@ class FlowRoutes:
         """The route graph with plotly: positions on x (token labels), layers on y, edge width
         proportional to importance; attention edges blue, MLP orange, residual grey. A plotly
         figure: ``oversquash_lens.viz.save_html`` writes it with plotly.js inlined (offline)."""
-        import plotly.graph_objects as go
-
         graph = self.graph(tau, layer=layer, by_head=by_head)
-        fig = go.Figure()
-        colours = {"attention": "#1f77b4", "mlp": "#ff7f0e", "residual": "#999999"}
-        buckets: dict[tuple[str, int], tuple[list, list]] = {}
-        mids: tuple[list, list, list] = ([], [], [])
-        for (b, j), (_, t), data in graph.edges(data=True):
-            parts = data["parts"]
-            kind = max(parts, key=parts.get)
-            kind = kind if kind in ("mlp", "residual") else "attention"
-            width = 1 + min(8, int(round(12 * data["importance"])))
-            xs, ys = buckets.setdefault((kind, width), ([], []))
-            xs += [j, t, None]
-            ys += [b, b + 1, None]
-            mids[0].append((j + t) / 2)
-            mids[1].append(b + 0.5)
-            mids[2].append(
-                "<br>".join(f"{k}: {v:.3f}" for k, v in sorted(parts.items(), key=lambda x: -x[1]))
-            )
-        for (kind, width), (xs, ys) in sorted(buckets.items()):
-            fig.add_scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                line={"width": width, "color": colours[kind]},
-                name=kind,
-                legendgroup=kind,
-                showlegend=False,
-                hoverinfo="skip",
-                opacity=0.7,
-            )
-        for kind, colour in colours.items():  # one legend entry per kind
-            fig.add_scatter(x=[None], y=[None], mode="lines", line={"color": colour}, name=kind)
-        fig.add_scatter(
-            x=mids[0], y=mids[1], text=mids[2], mode="markers", marker={"size": 4, "opacity": 0},
-            hoverinfo="text", showlegend=False,
-        )  # fmt: skip
-        nodes = list(graph.nodes(data=True))
-        fig.add_scatter(
-            x=[p for (_, p), _ in nodes],
-            y=[lay for (lay, _), _ in nodes],
-            text=[
-                f"layer {k[0]}, pos {k[1]} {d['token']!r}: flow {d['flow']:.3f}" for k, d in nodes
-            ],
-            mode="markers",
-            marker={"size": 7, "color": "black"},
-            hoverinfo="text",
-            showlegend=False,
-        )
-        ticks = sorted({p for (_, p) in graph.nodes})
-        fig.update_xaxes(
-            tickvals=ticks, ticktext=[f"{p}: {self._label(p)}" for p in ticks], title="position"
-        )
-        fig.update_yaxes(title="layer (residual after ℓ blocks)", dtick=1)
-        fig.update_layout(
-            title=f"Information flow routes to position {self.target} (τ={tau})",
-            height=max(400, 22 * (self.n_layers + 1)),
-        )
-        return fig
+        return route_figure(self, graph, tau)
 
     # ----------------------------------------------------------------- internals
     def _inv_scale(self, b: int, positions: list[int]) -> Tensor:
@@ -377,21 +304,21 @@ class FlowRoutes:
         key = ("vnorm", b)
         if key not in self._memo:
             norms = [
-                self._value_out(b, k0, min(self.n_pos, k0 + _KEY_CHUNK)).norm(dim=-1)
-                for k0 in range(0, self.n_pos, _KEY_CHUNK)
+                self._value_out(b, k0, min(self.n_pos, k0 + KEY_CHUNK)).norm(dim=-1)
+                for k0 in range(0, self.n_pos, KEY_CHUNK)
             ]
             self._memo[key] = torch.cat(norms, dim=1)
         return self._memo[key]
 
-    def _nodes(self, b: int, positions: list[int]) -> dict[int, _Node]:
+    def _nodes(self, b: int, positions: list[int]) -> dict[int, Any]:
         """Importances of nodes ``(b + 1, p)``, computing (and memoising) the missing ones."""
         missing = sorted({p for p in positions if (b, p) not in self._memo})
         for i in range(0, len(missing), _NODE_BATCH):  # bounded [head, batch, key] buffers
-            for p, node in _node_importances(self, b, missing[i : i + _NODE_BATCH]):
+            for p, node in node_importances(self, b, missing[i : i + _NODE_BATCH]):
                 self._memo[(b, p)] = node
         return {p: self._memo[(b, p)] for p in positions}
 
-    def _walk(self, tau: float, layer: int, by_head: bool) -> Iterator["_Block"]:
+    def _walk(self, tau: float, layer: int, by_head: bool) -> Iterator[Block]:
         """The kept edges block by block from ``(layer, target)`` down to the embedding."""
         tau = check_tau(tau)
         by_head = _validate.flag(by_head, "by_head")
@@ -402,115 +329,11 @@ class FlowRoutes:
             reached = weight.nonzero().flatten().tolist()
             nodes = self._nodes(b, reached)
             levels = {t: node.heads if by_head else node.tokens for t, node in nodes.items()}
-            block = _Block(self, b, tau, weight, levels, by_head)
+            block = Block(self, b, tau, weight, levels, by_head)
             weight = block.sources
             yield block
             if not reached:
                 break
-
-
-class _Block:
-    """Kept edges of one block: from every reached node ``(b + 1, t)`` with its flow weight, the
-    parts of importance ``> tau``; ``sources [pos]`` is the flow reaching layer ``b``."""
-
-    def __init__(
-        self,
-        routes: FlowRoutes,
-        b: int,
-        tau: float,
-        weight: Tensor,
-        levels: dict[int, _Level],
-        by_head: bool,
-    ):
-        self.routes, self.b, self.levels, self.by_head = routes, b, levels, by_head
-        self.sources = torch.zeros_like(weight)
-        self.kept: list[tuple[int, Tensor, Tensor, Tensor]] = []  # (t, attn idx, other idx, w)
-        for t, level in levels.items():
-            w = weight[t]
-            attn = (level.attn > tau).nonzero()  # [kept, 2]: (head or 0, source)
-            other = (level.other > tau).nonzero().flatten()
-            other = other[other != 1]  # the bias has no source node
-            vals = level.attn[attn[:, 0], attn[:, 1]].double()
-            self.sources.index_add_(0, attn[:, 1], w * vals)
-            self.sources[t] += w * level.other[other].double().sum()
-            self.kept.append((t, attn, other, w))
-
-    def rows(self) -> Iterator[tuple]:
-        """``(block, head, source, target, importance, norm, flow)`` per kept part."""
-        r, b = self.routes, self.b
-        if not self.kept:
-            return
-        vnorm = r._value_norms(b) if self.by_head else None
-        for t, attn, other, w in self.kept:
-            level = self.levels[t]
-            inv = float(r._inv_scale(b, [t])[0])
-            for h, j in attn.tolist():
-                imp = float(level.attn[h, j])
-                if vnorm is not None:
-                    norm = float(r.patterns[b, h, t, j]) * inv * float(vnorm[h, j])
-                else:
-                    norm = float(r._head_parts(b, t, j, j + 1).sum(0).norm())
-                yield b, h if self.by_head else "attn", j, t, imp, norm, float(w) * imp
-            for k in other.tolist():
-                vec = r.resid[b, t] if k == 0 else r.mlp_out[b, t]
-                imp = float(level.other[k])
-                yield b, _OTHER[k], t, t, imp, float(vec.norm()), float(w) * imp
-
-
-def check_tau(tau: Any) -> float:
-    """The edge threshold τ as a float in ``[0, 1]`` (else InvalidArgumentError naming it)."""
-    return _validate.number(tau, "tau", minimum=0.0, maximum=1.0)
-
-
-def _node_importances(
-    routes: FlowRoutes, b: int, positions: list[int]
-) -> Iterator[tuple[int, _Node]]:
-    """Proximity importances of the parts of nodes ``(b + 1, p)`` for the sorted
-    ``positions``, in chunks of ``[head, query, key, d_model]`` of at most
-    ``routes.chunk_elements`` elements."""
-    r = routes
-    x = r.resid[b + 1, positions]  # [q, d] the sums
-    x_l1 = x.abs().sum(-1)
-    other = torch.stack([r.resid[b, positions], r._bias(b, positions), r.mlp_out[b, positions]])
-    prox_other = (x_l1 - (other - x).abs().sum(-1)).clamp_min(0).T  # [q, 3]
-    n_keys = positions[-1] + 1
-    prox_heads = torch.zeros(r.n_heads, len(positions), n_keys, device=x.device)
-    prox_tokens = torch.zeros(1, len(positions), n_keys, device=x.device)
-    pos = torch.tensor(positions, device=x.device)
-    inv = r._inv_scale(b, positions)
-    d = x.shape[-1]
-    for k0 in range(0, n_keys, _KEY_CHUNK):
-        k1 = min(n_keys, k0 + _KEY_CHUNK)
-        vw = r._value_out(b, k0, k1)  # [head, c, d]
-        first = int(torch.searchsorted(pos, k0))  # queries that can see these keys
-        rows = max(1, r.chunk_elements // ((r.n_heads + 1) * (k1 - k0) * d))
-        for q0 in range(first, len(positions), rows):
-            q1 = min(len(positions), q0 + rows)
-            alpha = r.patterns[b, :, pos[q0:q1], k0:k1] * inv[q0:q1, None]  # [head, qq, c]
-            parts = alpha[..., None] * vw[:, None]  # [head, qq, c, d]
-            summed = parts.sum(0, keepdim=True)  # heads summed: one part per source
-            sums, norms = x[None, q0:q1, None], x_l1[None, q0:q1, None]
-            prox_tokens[:, q0:q1, k0:k1] = _proximity(summed, sums, norms)
-            prox_heads[:, q0:q1, k0:k1] = _proximity(parts, sums, norms)
-    levels = [_normalise(prox, prox_other.clone()) for prox in (prox_heads, prox_tokens)]
-    for i, p in enumerate(positions):
-        heads, tokens = (_Level(a[:, i, : p + 1].cpu(), o[i].cpu()) for a, o in levels)
-        yield p, _Node(heads, tokens)
-
-
-def _proximity(parts: Tensor, sums: Tensor, sum_l1: Tensor) -> Tensor:
-    """``max(‖x‖₁ − ‖z − x‖₁, 0)`` over the last axis; overwrites ``parts``."""
-    return (sum_l1 - parts.sub_(sums).abs_().sum(-1)).clamp_min_(0)
-
-
-def _normalise(prox_attn: Tensor, prox_other: Tensor) -> tuple[Tensor, Tensor]:
-    """Divide the proximities of every node (``[group, q, key]`` and ``[q, 3]``) by their sum
-    over the node's parts, in place (a node whose parts all have proximity 0 stays 0)."""
-    total = prox_attn.sum((0, 2)) + prox_other.sum(-1)
-    total = torch.where(total > 0, total, torch.ones_like(total))
-    prox_attn /= total[None, :, None]
-    prox_other /= total[:, None]
-    return prox_attn, prox_other
 
 
 # --------------------------------------------------------------------------- entry point
@@ -557,6 +380,34 @@ def information_flow(
     chunk = _CHUNK_ELEMENTS
     if chunk_elements is not None:
         chunk = _validate.integer(chunk_elements, "chunk_elements", minimum=1)
+    routes = FlowRoutes(
+        tokens=toks[0].cpu(),
+        target=t,
+        **_capture(model, toks, info),
+        identity_error=torch.zeros(info.n_layers, n),
+        labels=_labels(model, toks[0]),
+        model_name=info.name,
+        all_positions=all_positions,
+        chunk_elements=chunk,
+    )
+    err = _identity_error(routes)
+    routes.identity_error.copy_(err)
+    tol = max(1e-3, 16 * torch.finfo(_tl.model_dtype(model)).eps)
+    if float(err.max()) > tol:
+        block, pos = divmod(int(err.argmax()), n)
+        raise UnsupportedModelError(
+            f"model {info.name!r}: the residual after block {block} at position {pos} is not "
+            f"residual + attention + MLP (relative error {float(err.max()):.2g} > {tol:.1g}); "
+            "its blocks add something these parts do not cover"
+        )
+    for b in range(info.n_layers):  # the target's nodes now; every node when asked
+        routes._nodes(b, list(range(n)) if all_positions else [t])
+    return routes
+
+
+def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Tensor | None]:
+    """One forward pass with hooks: the tensors of :class:`FlowRoutes` (float32, one sequence)
+    plus the weights ``W_O``, ``b_O`` and the post-attention norms."""
     n_layers = info.n_layers
     post = [_tl.has_post_attn_norm(model, b) for b in range(n_layers)]
     if any(post) and (not all(post) or _tl.centres_before_norm(model)):
@@ -581,36 +432,16 @@ def information_flow(
     weight = inv_scale = None
     if any(post):
         weight, inv_scale = _post_norms(store, n_layers, info.name)
-    routes = FlowRoutes(
-        tokens=toks[0].cpu(),
-        target=t,
-        resid=resid,
-        patterns=patterns,
-        values=values,
-        w_o=w_o,
-        b_o=b_o,
-        mlp_out=mlp_out,
-        norm_weight=weight,
-        norm_inv_scale=inv_scale,
-        identity_error=torch.zeros(n_layers, n, device=resid.device),
-        labels=_labels(model, toks[0]),
-        model_name=info.name,
-        all_positions=all_positions,
-        chunk_elements=chunk,
-    )
-    err = _identity_error(routes)
-    routes.identity_error.copy_(err)
-    tol = max(1e-3, 16 * torch.finfo(_tl.model_dtype(model)).eps)
-    if float(err.max()) > tol:
-        layer, pos = divmod(int(err.argmax()), n)
-        raise UnsupportedModelError(
-            f"model {info.name!r}: the residual after block {layer} at position {pos} is not "
-            f"residual + attention + MLP (relative error {float(err.max()):.2g} > {tol:.1g}); "
-            "its blocks add something these parts do not cover"
-        )
-    for b in range(n_layers):  # the target's nodes now; every node when asked
-        routes._nodes(b, list(range(n)) if all_positions else [t])
-    return routes
+    return {
+        "resid": resid,
+        "patterns": patterns,
+        "values": values,
+        "w_o": w_o,
+        "b_o": b_o,
+        "mlp_out": mlp_out,
+        "norm_weight": weight,
+        "norm_inv_scale": inv_scale,
+    }
 
 
 def _keep(name: str, x: Tensor) -> Tensor:

@@ -8,12 +8,10 @@ the packages are installed and whether the converted folder is cached here);
 under ``$OVERSQUASH_LENS_CACHE`` or ``~/.cache/oversquash_lens``) and returns the folder that
 ``load_model(name)`` boots.
 
-=======================  =======================================  =================================
-name                     model                                    licence
-=======================  =======================================  =================================
-``smollm2-135m-instruct``  SmolLM2-135M-Instruct (the default)     Apache-2.0
-``gemma-3-270m``         Gemma 3 270M (Google's base model)       Gemma Terms of Use (not Apache)
-=======================  =======================================  =================================
+- ``"smollm2-135m-instruct"`` (aliases ``"smollm2"``, ``"smollm2-135m"``): SmolLM2-135M-Instruct,
+  the default (``load_model()``); Apache-2.0.
+- ``"gemma-3-270m"`` (aliases ``"gemma3-270m"``, ``"gemma-3-270m-q4_k_m"``): Google's base
+  Gemma 3 270M, sliding window 512 on 15 of 18 layers; **Gemma Terms of Use, not Apache-2.0**.
 """
 
 import os
