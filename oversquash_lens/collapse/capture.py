@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import _tl, _validate
 from .._display import frame_html
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 
 __all__ = ["ResidualStates", "capture_residuals"]
@@ -92,7 +93,7 @@ class ResidualStates:
 
 
 def capture_residuals(
-    model: Any,
+    model: HookedModel,
     tokens: Any,
     *,
     positions: int | Sequence[int] | slice | Tensor | None = None,

@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import _tl, _validate
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 from ..glasses import Intervention, applied, describe
 from ..tasks.prompts import Pair, task_pair
@@ -130,7 +131,7 @@ def _metrics(a: Tensor, b: Tensor) -> dict[str, Tensor]:
 
 
 def collapse_curve(
-    model: Any,
+    model: HookedModel,
     lengths: int | Iterable[SupportsIndex],
     *,
     task: str = "repeat",

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import _tl, _validate
 from .._display import frame_html
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 from ..glasses import Intervention, applied
 
@@ -111,7 +112,7 @@ class Sensitivity:
 
 
 def token_sensitivity(
-    model: Any,
+    model: HookedModel,
     tokens: Any,
     *,
     target: int = -1,

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 
 __all__ = ["Intervention", "applied", "describe"]
@@ -21,7 +22,7 @@ Intervention = Any
 
 
 @contextlib.contextmanager
-def applied(model: Any, intervention: Intervention) -> Iterator[None]:
+def applied(model: HookedModel, intervention: Intervention) -> Iterator[None]:
     """Enter an intervention: ``None``; a factory called as ``intervention(model)`` that
     returns a context manager (e.g. :func:`adaptive_temperature`); or a list of
     ``(hook_name, hook_fn)`` forward hooks. Hooks are removed on exit."""

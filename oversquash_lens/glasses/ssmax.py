@@ -38,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.protocol import HookedModel
 from .window import active_window, has_attention_sinks
 
 __all__ = ["ssmax_s", "ssmax_beta", "ssmax_pattern", "scalable_softmax"]
@@ -93,7 +94,7 @@ def ssmax_pattern(
 
 
 @contextlib.contextmanager
-def scalable_softmax(model: Any, *, s: Any, layers: Any = None) -> Iterator[Any]:
+def scalable_softmax(model: HookedModel, *, s: Any, layers: Any = None) -> Iterator[Any]:
     """Within the block each chosen layer of ``model`` uses SSMax attention
     ``softmax((s · ln m) · scores)``, ``m`` the number of keys the query sees
     (docs/science.md §7). Yields the model.

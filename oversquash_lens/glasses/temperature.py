@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 
 __all__ = [
@@ -89,7 +90,7 @@ def adaptive_pattern(
 
 @contextlib.contextmanager
 def adaptive_temperature(
-    model: Any,
+    model: HookedModel,
     *,
     layers: Sequence[int] | None = None,
     threshold: float = 0.5,

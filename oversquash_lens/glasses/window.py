@@ -42,6 +42,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.protocol import HookedModel
 
 __all__ = ["window_mask", "window_pattern", "sliding_window", "active_window"]
 
@@ -94,20 +95,20 @@ def window_pattern(
     return out.to(pattern.dtype)
 
 
-def has_attention_sinks(model: Any) -> bool:
+def has_attention_sinks(model: HookedModel) -> bool:
     """Whether an attention module of ``model`` carries learned sink logits (GPT-OSS), whose
     patterns then sum to less than 1 per row."""
     return any(isinstance(getattr(m, "sinks", None), Tensor) for m in model.modules())
 
 
-def active_window(model: Any, block: int) -> int | None:
+def active_window(model: HookedModel, block: int) -> int | None:
     """The narrowest :func:`sliding_window` open on ``block`` of ``model`` (None if none)."""
     widths = [w[block] for w in _OPEN.get(model, ()) if block in w]
     return min(widths) if widths else None
 
 
 @contextlib.contextmanager
-def sliding_window(model: Any, window: Any, *, layers: Any = None) -> Iterator[Any]:
+def sliding_window(model: HookedModel, window: Any, *, layers: Any = None) -> Iterator[Any]:
     """Within the block each chosen layer of ``model`` attends only to the last ``window``
     keys of every query, itself included (docs/science.md §7): exactly the softmax over keys
     ``i − window < j ≤ i``. Yields the model.

@@ -38,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.protocol import HookedModel
 from ..errors import InvalidPatternError
 from . import scores as hs
 from .labels import LABELS, HeadThresholds, excess, label_heads
@@ -91,7 +92,7 @@ def pattern_scores(
 
 
 def classify_heads(
-    model: Any,
+    model: HookedModel,
     tokens: Any,
     *,
     eps: float | None = None,

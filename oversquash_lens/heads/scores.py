@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import _tl
+from .._tl.protocol import HookedModel
 from ..errors import InvalidPatternError, InvalidTokensError
 
 #: Per-head pattern statistics, in the order of the last axis of :func:`pattern_stats`.
@@ -107,7 +108,7 @@ def check_patterns(patterns: Tensor, *, tol: float = 1e-3) -> None:
 
 # --------------------------------------------------------------------------- weights
 def ov_scores(
-    model: Any, n_layers: int, *, fold_norm: bool = True
+    model: HookedModel, n_layers: int, *, fold_norm: bool = True
 ) -> tuple[Float[Tensor, "layer head_index"], Float[Tensor, "layer head_index"], bool]:
     """``(ov_copying, ov_neg_fraction, folded)`` per head from the eigenvalues λ of the OV circuit
     W_V[h]·W_O[h] (computed as the d_head × d_head matrix W_O[h]·W_V[h], same nonzero spectrum):
@@ -130,7 +131,9 @@ def ov_scores(
 
 
 # --------------------------------------------------------------------------- forward passes
-def token_groups(model: Any, tokens: Any, info: _tl.ModelInfo) -> list[Int[Tensor, "batch pos"]]:
+def token_groups(
+    model: HookedModel, tokens: Any, info: _tl.ModelInfo
+) -> list[Int[Tensor, "batch pos"]]:
     """Token batches of equal length: a list of texts or of id sequences is split per item
     (no padding) and regrouped by length; each sequence needs at least 2 positions."""
     items = [tokens]
@@ -149,7 +152,7 @@ def token_groups(model: Any, tokens: Any, info: _tl.ModelInfo) -> list[Int[Tenso
 
 
 def measure(
-    model: Any,
+    model: HookedModel,
     groups: list[Tensor],
     info: _tl.ModelInfo,
     *,
@@ -234,7 +237,7 @@ def sequence_loss(
 
 
 def clean_pass(
-    model: Any,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     totals: Totals,
     *,
@@ -301,7 +304,7 @@ def copies_per_pass(info: _tl.ModelInfo, batch: int, n: int, batch_size: int | N
 
 
 def ablation_pass(
-    model: Any,
+    model: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     resid: list[Tensor],
     values: Float[Tensor, "mode layer head_index d_head"],

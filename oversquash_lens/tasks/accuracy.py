@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _tl, _validate
 from .._display import frame_html
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 from ..glasses import Intervention, applied, describe
 from ..glasses import adaptive_temperature as _adaptive
@@ -100,7 +101,7 @@ def _greedy(model: Any, toks: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def task_accuracy(
-    model: Any,
+    model: HookedModel,
     task: str,
     lengths: int | Iterable[SupportsIndex],
     *,

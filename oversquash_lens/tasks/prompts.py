@@ -33,6 +33,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
 ]  # fmt: skip
 
 Piece = str | int | Sequence[int]
+#: a model, or None to build token ids without one (pieces given as ids or symbols)
+MaybeModel = HookedModel | None
 
 
 REMEDIES = ("none", "separators", "hint", "interleave", "repeat-final")
@@ -176,7 +179,7 @@ def _pair(base: list[int], ext: list[int], task: str, n: int) -> Pair:
 
 
 def repeated_pair(
-    model: Any, n: int, *, item: Piece = "1", sep: Piece | None = None, every: int = 3,
+    model: MaybeModel, n: int, *, item: Piece = "1", sep: Piece | None = None, every: int = 3,
     filler: Piece | None = None, prefix: Piece = "", joiner: str = " ",
     bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None, task: str = "repeat",
 ) -> Pair:  # fmt: skip
@@ -200,7 +203,7 @@ def repeated_pair(
 
 
 def alternating_pair(
-    model: Any, n: int, *, items: tuple[Piece, Piece] = ("1", "0"), prefix: Piece = "",
+    model: MaybeModel, n: int, *, items: tuple[Piece, Piece] = ("1", "0"), prefix: Piece = "",
     joiner: str = " ", bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None,
 ) -> Pair:  # fmt: skip
     """``a b a b …`` vs ``b a b a …`` of n items each: Prop B.4's counter-example, whose
@@ -216,7 +219,7 @@ def alternating_pair(
 
 
 def copy_pair(
-    model: Any, n: int, *, which: str = "last", item: Piece = "1", other: Piece = "0",
+    model: MaybeModel, n: int, *, which: str = "last", item: Piece = "1", other: Piece = "0",
     prefix: Piece = "", joiner: str = " ", bos: int | None | str = "auto",
     symbols: Mapping[str, Any] | None = None,
 ) -> Pair:  # fmt: skip
@@ -243,7 +246,8 @@ def _remedy_kwargs(remedy: str, every: int, sep: Piece) -> dict[str, Any]:
 
 
 def counting_prompt(
-    model: Any, n: int, *, kind: str = "ones", p: float = 0.7, word: str = "cat", seed: int = 0,
+    model: MaybeModel, n: int, *, kind: str = "ones", p: float = 0.7, word: str = "cat",
+    seed: int = 0,
     remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
     hint: str = _HINT, template: str | None = None, bos: int | None | str = "auto",
     symbols: Mapping[str, Any] | None = None,
@@ -279,7 +283,7 @@ def counting_prompt(
 
 
 def copying_prompt(
-    model: Any, n: int, *, which: str = "last", item: str = "1", other: str = "0",
+    model: MaybeModel, n: int, *, which: str = "last", item: str = "1", other: str = "0",
     remedy: str = "none", every: int = 3, sep: Piece = ",", filler: Piece = "and",
     hint: str = _HINT, repeat: int = 2, template: str | None = None,
     bos: int | None | str = "auto", symbols: Mapping[str, Any] | None = None,
@@ -390,11 +394,11 @@ def _lookup(
     return table[task]
 
 
-def task_pair(model: Any, task: str, n: int, **options: Any) -> Pair:
+def task_pair(model: MaybeModel, task: str, n: int, **options: Any) -> Pair:
     """The :class:`Pair` of registered ``task`` at length n (see :func:`pair_tasks`)."""
     return _lookup(_PAIRS, task, options)(model, n, **options)
 
 
-def task_prompt(model: Any, task: str, n: int, **options: Any) -> Prompt:
+def task_prompt(model: MaybeModel, task: str, n: int, **options: Any) -> Prompt:
     """The :class:`Prompt` of registered ``task`` at length n (see :func:`prompt_tasks`)."""
     return _lookup(_PROMPTS, task, options)(model, n, **options)

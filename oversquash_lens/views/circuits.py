@@ -10,6 +10,7 @@ Example:
 """
 
 import html
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,21 +96,69 @@ def colored_tokens_multi(
     measures: Mapping[str, Values],
     *,
     title: str = "",
+    scale: str = "per-measure",
+    log: bool | Iterable[str] = (),
+    selected: str | None = None,
 ) -> View:
     """Tokens colored by several switchable measures (buttons), e.g. log path counts, rollout,
-    Theorem 5.1 bound and measured Jacobian sensitivity side by side."""
+    Theorem 5.1 bound and measured Jacobian sensitivity side by side.
+
+    circuitsvis keeps the colour bound of the first measure for every button, so with
+    ``scale="per-measure"`` (default) each measure is mapped onto [0, 1] over its own range
+    before drawing — ``v / max|v|``, or for the measures named in ``log`` (``True``: all)
+    ``(log10 v − log10 min) / (log10 max − log10 min)`` over its positive values (0 for
+    v ≤ 0) — and its button says so, e.g. ``"rollout (log 1.2e-05…0.98)"``; the tooltips then
+    show these [0, 1] values. ``scale="shared"`` draws the raw values with one bound.
+    ``selected`` is the measure shown on load (default: the first).
+    """
     import circuitsvis.tokens as cvt
 
     if not measures:
         raise InvalidArgumentError("measures={} is empty: give at least one named measure")
-    columns = []
-    for name, vals in measures.items():
-        col = _as_list(vals)
+    if scale not in ("per-measure", "shared"):
+        raise InvalidArgumentError(f"scale={scale!r} must be 'per-measure' or 'shared'")
+    names = list(measures)
+    logged = set(names) if log is True else set() if log is False else set(log)
+    unknown = sorted(logged - set(names))
+    if unknown:
+        raise InvalidArgumentError(f"log={unknown} names no measure; measures: {names}")
+    if selected is not None:
+        if selected not in measures:
+            raise InvalidArgumentError(f"selected={selected!r} is not one of {names}")
+        names = [selected] + [n for n in names if n != selected]  # circuitsvis shows the first
+    columns, labels = [], []
+    for name in names:
+        col = _as_list(measures[name])
         _check_len(tokens, col, name=name)
+        label = name
+        if scale == "per-measure":
+            col, label = _unit_scale(col, name, name in logged)
         columns.append(col)
-    matrix = torch.tensor(np.array(columns, dtype=np.float32).T)
-    rendered = cvt.colored_tokens_multi(list(map(str, tokens)), matrix, list(measures))
+        labels.append(label)
+    matrix = torch.tensor(np.nan_to_num(np.array(columns, dtype=np.float64).T).astype(np.float32))
+    rendered = cvt.colored_tokens_multi(list(map(str, tokens)), matrix, labels)
     return View(rendered, title)
+
+
+def _unit_scale(values: list[float], name: str, log: bool) -> tuple[list[float], str]:
+    """``values`` mapped onto [0, 1] (or [-1, 1] with negatives, linear only) and the label
+    that says how."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if log:
+        pos = finite[finite > 0]
+        if len(pos) == 0:
+            return np.zeros_like(v).tolist(), f"{name} (log: no positive values)"
+        lo, hi = float(pos.min()), float(pos.max())
+        out = np.zeros_like(v)
+        ok = np.isfinite(v) & (v > 0)
+        span = math.log10(hi) - math.log10(lo)
+        out[ok] = (np.log10(v[ok]) - math.log10(lo)) / span if span > 0 else 1.0
+        return out.tolist(), f"{name} (log {lo:.2g}…{hi:.2g})"
+    top = float(np.abs(finite).max()) if len(finite) else 0.0
+    if top == 0:
+        return np.zeros_like(v).tolist(), f"{name} (all 0)"
+    return (np.where(np.isfinite(v), v, 0.0) / top).tolist(), f"{name} (÷ {top:.3g})"
 
 
 def attention_heads(
