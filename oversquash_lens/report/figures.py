@@ -1,0 +1,192 @@
+"""The report's plotly figures; with two models every figure puts them side by side.
+
+- :func:`collapse_figure`: relative L∞ gap vs n at the last layer, per precision and mode, on
+  log axes fitted to the data and to the resolution lines that fall near it (lines far below
+  the data are named in the title instead of stretching the axis over empty decades).
+- :func:`gap_heatmap`: layer × n of log10(gap / resolution) per precision (rounded states):
+  blue cells are below the precision's resolution ("collapsed"), grey ones bit-identical.
+- :func:`head_heatmaps`: block × head of each head score.
+- :func:`profile_figure`: every profile measure vs position (log where one token dominates).
+"""
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["collapse_figure", "gap_heatmap", "head_heatmaps", "profile_figure", "HEAD_SCORES"]
+
+_COLOURS = {"float32": "#1f77b4", "bfloat16": "#d62728", "float16": "#2ca02c",
+            "float64": "#9467bd", "float8_e4m3fn": "#ff7f0e", "float8_e5m2": "#8c564b"}  # fmt: skip
+#: head scores drawn as heat maps: (column, colour scale, zmin, zmax, log10)
+HEAD_SCORES = (
+    ("diag_mass", "Viridis", 0.0, 1.0, False),
+    ("prev_mass", "Viridis", 0.0, 1.0, False),
+    ("first_mass", "Viridis", 0.0, 1.0, False),
+    ("write_ratio", "Cividis", None, None, True),
+    ("ov_copying", "RdBu", -1.0, 1.0, False),
+)
+
+
+def _eps(precision: str) -> float:
+    from ..collapse.curve import resolution
+
+    return resolution(precision)
+
+
+def _legend_name(curve: Any, precision: str, mode: str) -> str:
+    if precision == curve.reference_dtype and mode == "rounded":
+        return f"{precision} (the model's own run)"
+    return f"{precision}, {mode}"
+
+
+def collapse_figure(runs: Sequence[Any], task: str) -> go.Figure:
+    """Gap vs n for ``task`` (one panel per model)."""
+    titles = [f"{r.name}: {task}" for r in runs]
+    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=titles, shared_yaxes=False)
+    notes = []
+    for col, run in enumerate(runs, start=1):
+        curve = run.curves[task]
+        f = curve.frame[curve.frame["layer"] == curve.n_layers]
+        positive = f.loc[f["rel_linf"] > 0, "rel_linf"]
+        lo = float(positive.min()) if len(positive) else 1e-8
+        hi = float(positive.max()) if len(positive) else 1.0
+        lines = {p: _eps(p) for p in curve.precisions}
+        near = {p: e for p, e in lines.items() if lo / 100 <= e <= hi * 10}
+        far = [p for p in lines if p not in near]
+        lo, hi = min([lo, *near.values()]), max([hi, *near.values()])
+        floor = lo / 3
+        for (precision, mode), rows in f.groupby(["precision", "mode"], sort=False):
+            rows = rows.sort_values("length")
+            name = _legend_name(curve, precision, mode)
+            fig.add_scatter(
+                x=rows["length"], y=rows["rel_linf"].where(rows["rel_linf"] > 0, floor),
+                mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1,
+                line={"color": _COLOURS.get(precision), "dash": "dot" if mode == "native"
+                      else "solid"},
+                marker={"symbol": ["x" if v else "circle" for v in rows["identical"]],
+                        "size": [11 if v else 7 for v in rows["identical"]]},
+                hovertemplate="n=%{x}<br>rel L∞ %{y:.3g}<extra>" + name + "</extra>",
+                row=1, col=col,
+            )  # fmt: skip
+        for precision, e in near.items():
+            fig.add_hline(y=e, line_dash="dash", line_color=_COLOURS.get(precision, "grey"),
+                          line_width=1, opacity=0.6, row=1, col=col)  # fmt: skip
+            fig.add_annotation(
+                x=1, xref=f"x{col if col > 1 else ''} domain", y=math.log10(e),
+                yref=f"y{col if col > 1 else ''}", xanchor="right", yanchor="bottom",
+                showarrow=False, text=f"{precision} resolution 2^{int(math.log2(e))}",
+                font={"size": 10, "color": _COLOURS.get(precision, "grey")},
+            )  # fmt: skip
+        fig.update_yaxes(type="log", range=[math.log10(floor) - 0.1, math.log10(hi) + 0.2],
+                         title_text="relative L∞ gap (last layer)" if col == 1 else None,
+                         row=1, col=col)  # fmt: skip
+        fig.update_xaxes(type="log", title_text="n (items)", row=1, col=col)
+        if far:
+            notes.append(f"{run.name}: {', '.join(far)} resolution far below the data")
+    fig.add_scatter(x=[None], y=[None], mode="markers", name="✕ bit-identical (gap 0, drawn "
+                    "at the floor)", marker={"symbol": "x", "color": "black"})  # fmt: skip
+    fig.update_layout(
+        height=420, legend={"orientation": "h", "y": -0.22}, margin={"t": 60},
+        title={"text": "; ".join(notes), "font": {"size": 11}} if notes else None,
+    )  # fmt: skip
+    return fig
+
+
+def gap_heatmap(runs: Sequence[Any], task: str = "repeat") -> go.Figure:
+    """Layer × n of log10(rel L∞ gap / resolution), rounded states, one panel per (model,
+    precision)."""
+    precisions = list(runs[0].curves[task].precisions)
+    titles = [f"{r.name}: {p}" for r in runs for p in precisions]
+    fig = make_subplots(rows=len(runs), cols=len(precisions), subplot_titles=titles,
+                        horizontal_spacing=0.06, vertical_spacing=0.12)  # fmt: skip
+    for row, run in enumerate(runs, start=1):
+        curve = run.curves[task]
+        for col, precision in enumerate(precisions, start=1):
+            if precision not in curve.precisions:
+                continue
+            f = curve.frame
+            f = f[(f["precision"] == precision) & (f["mode"] == "rounded")]
+            gap = f.pivot(index="layer", columns="length", values="rel_linf")
+            same = f.pivot(index="layer", columns="length", values="identical").astype(bool)
+            with np.errstate(divide="ignore"):
+                z = np.log10(gap.to_numpy() / _eps(precision))
+            z = np.where(same.to_numpy(), np.nan, z)
+            text = np.where(same.to_numpy(), "bit-identical", "")
+            fig.add_heatmap(
+                z=z, x=[str(n) for n in gap.columns], y=gap.index, text=text,
+                colorscale="RdBu_r", zmid=0, zmin=-3, zmax=3, showscale=row == 1 and col == 1,
+                colorbar={"title": "log10(gap / resolution)", "len": 0.8},
+                hovertemplate="n=%{x} layer %{y}<br>log10(gap/eps) %{z:.2f} %{text}<extra></extra>",
+                row=row, col=col,
+            )  # fmt: skip
+            fig.update_xaxes(title_text="n", type="category", row=row, col=col)
+            fig.update_yaxes(title_text="layer" if col == 1 else None, row=row, col=col)
+    fig.update_layout(
+        height=320 * len(runs), plot_bgcolor="#bbbbbb",
+        title={"text": f"{task}: blue = below resolution (collapsed), red = above, grey = "
+               "bit-identical", "font": {"size": 12}},
+    )  # fmt: skip
+    return fig
+
+
+def head_heatmaps(runs: Sequence[Any]) -> list[go.Figure]:
+    """One figure per score in :data:`HEAD_SCORES`, block × head, a panel per model."""
+    figs = []
+    for score, scale, zmin, zmax, log in HEAD_SCORES:
+        label = f"log10 {score}" if log else score
+        fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[r.name for r in runs])
+        for col, run in enumerate(runs, start=1):
+            frame = run.heads.to_dataframe()
+            grid = frame[score].to_numpy().reshape(run.heads.n_layers, run.heads.n_heads)
+            if log:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    grid = np.log10(np.where(grid > 0, grid, np.nan))
+            fig.add_heatmap(
+                z=grid, colorscale=scale, zmin=zmin, zmax=zmax, showscale=col == 1,
+                colorbar={"title": label, "len": 0.9},
+                hovertemplate="L%{y}H%{x}<br>" + label + " %{z:.3g}<extra></extra>",
+                row=1, col=col,
+            )  # fmt: skip
+            fig.update_xaxes(title_text="head", dtick=1, row=1, col=col)
+            fig.update_yaxes(title_text="block" if col == 1 else None, autorange="reversed",
+                             row=1, col=col)  # fmt: skip
+        layers = max(r.heads.n_layers for r in runs)
+        fig.update_layout(height=max(260, 12 * layers + 120), title=label, margin={"t": 60})
+        figs.append(fig)
+    return figs
+
+
+def _dominated(values: np.ndarray) -> bool:
+    """Whether one position holds most of a non-negative measure (then a log axis shows the
+    rest)."""
+    v = values[np.isfinite(values) & (values > 0)]
+    return len(v) > 2 and float(v.max()) > 100 * float(np.median(v))
+
+
+def profile_figure(runs: Sequence[Any], frames: Sequence[Any]) -> go.Figure:
+    """Every profile measure vs source position (rows), one column per model."""
+    measures = ["log_paths", "rollout", "bound", "sensitivity"]
+    if any("routes" in f for f in frames):
+        measures.append("routes")
+    titles = [f"{r.name}: {m}" for m in measures for r in runs]
+    fig = make_subplots(rows=len(measures), cols=len(runs), subplot_titles=titles,
+                        shared_xaxes=True, vertical_spacing=0.05)  # fmt: skip
+    for col, (run, frame) in enumerate(zip(runs, frames), start=1):
+        for row, name in enumerate(measures, start=1):
+            if name not in frame:
+                continue
+            values = frame[name].to_numpy(dtype=float)
+            fig.add_scatter(x=frame["pos"], y=values, text=frame["token"].astype(str),
+                            mode="lines+markers", marker={"size": 4}, showlegend=False,
+                            hovertemplate="pos %{x} %{text}<br>%{y:.3g}<extra></extra>",
+                            row=row, col=col)  # fmt: skip
+            log = name in ("bound", "sensitivity") or (name != "log_paths" and _dominated(values))
+            fig.update_yaxes(type="log" if log else "linear", row=row, col=col,
+                             title_text=f"{name}{' (log)' if log else ''}" if col == 1 else None)
+        fig.update_xaxes(title_text="source position i", row=len(measures), col=col)
+    fig.update_layout(height=170 * len(measures) + 80, margin={"t": 50})
+    return fig
