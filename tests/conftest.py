@@ -1,5 +1,6 @@
 """Shared fixtures: tiny offline models of several architectures, and no network."""
 
+import contextlib
 import socket
 
 import pytest
@@ -86,3 +87,18 @@ def assert_unchanged(model, snapshot):
     assert after[3] == hooks, f"hooks leaked: {hooks} before, {after[3]} after"
     for key, value in params.items():
         assert torch.equal(after[0][key], value), f"parameter {key} changed"
+
+
+@contextlib.contextmanager
+def without_runtime_type_checks():
+    """Call the package as users do, without the test suite's jaxtyping/beartype import hook:
+    wrong-typed arguments (``strict='no'``) must then reach the package's own validation and
+    raise its OversquashError (under the hook, beartype would reject them first)."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)

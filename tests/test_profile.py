@@ -1,11 +1,14 @@
 """oversquash_profile: each column equals the standalone measure; correlations are Spearman."""
 
+import math
+
 import pandas as pd
 import pytest
 import torch
 
 from oversquash_lens import (
     InvalidArgumentError,
+    OversquashError,
     OversquashProfile,
     _tl,
     attention_rollout_from_model,
@@ -16,7 +19,7 @@ from oversquash_lens import (
     token_sensitivity,
 )
 
-from .conftest import assert_unchanged, state_snapshot
+from .conftest import assert_unchanged, state_snapshot, without_runtime_type_checks
 
 TOKENS = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 6, 10]])
 
@@ -70,18 +73,37 @@ def test_columns_equal_the_standalone_measures(arch_model, target):
 
 def test_correlations_are_spearman_over_positions_up_to_target(llama):
     prof = oversquash_profile(llama, TOKENS, target=6, method="estimate", n_probes=16)
+    measures = ["log_paths", "rollout", "bound", "sensitivity"]  # log_paths_residual: same ranks
+    for kwargs, rows in (({}, slice(1, 6)), ({"exclude_bos": False, "exclude_target": False},
+                                             slice(0, 7))):  # fmt: skip
+        corr = prof.correlations(**kwargs)
+        assert list(corr.columns) == measures and list(corr.index) == measures
+        frame = prof.to_dataframe().iloc[rows][measures]
+        ranks = frame.rank()  # Spearman = Pearson on ranks (average ranks for ties)
+        expected = pd.DataFrame(
+            [[ranks[a].corr(ranks[b]) for b in measures] for a in measures],
+            index=measures,
+            columns=measures,
+        )
+        pd.testing.assert_frame_equal(corr, expected, atol=1e-12, rtol=0)
+        assert corr.loc["log_paths", "log_paths"] == pytest.approx(1.0)
+    sources = prof.to_dataframe().iloc[: prof.target]  # ties only at the target itself
+    assert sources["log_paths"].rank().equals(sources["log_paths_residual"].rank())  # dropped
+
+
+def test_agreement_has_a_bootstrap_interval(llama):
+    prof = oversquash_profile(llama, TOKENS, target=6, method="estimate", n_probes=16)
+    table = prof.agreement(n_boot=200)
+    assert list(table["predictor"]) == ["log_paths", "rollout", "bound"]
     corr = prof.correlations()
-    measures = ["log_paths", "log_paths_residual", "rollout", "bound", "sensitivity"]
-    assert list(corr.columns) == measures and list(corr.index) == measures
-    frame = prof.to_dataframe().iloc[:7][measures]
-    ranks = frame.rank()  # Spearman = Pearson on ranks (average ranks for ties)
-    expected = pd.DataFrame(
-        [[ranks[a].corr(ranks[b]) for b in measures] for a in measures],
-        index=measures,
-        columns=measures,
-    )
-    pd.testing.assert_frame_equal(corr, expected, atol=1e-12, rtol=0)
-    assert corr.loc["log_paths", "log_paths"] == pytest.approx(1.0)
+    for row in table.itertuples():
+        assert row.spearman == pytest.approx(corr.loc[row.predictor, "sensitivity"])
+        assert row.ci_low <= row.spearman + 1e-9 or math.isnan(row.ci_low)
+        assert row.positions == 5
+    with pytest.raises(OversquashError, match="n_boot=3"):
+        prof.agreement(n_boot=3)
+    with without_runtime_type_checks(), pytest.raises(OversquashError, match="exclude_bos='no'"):
+        prof.correlations(exclude_bos="no")
 
 
 def test_layers_beta_and_views(gpt2):

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .. import _tl
+from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import InvalidArgumentError
 from .paths import path_counts
@@ -98,10 +98,68 @@ class OversquashProfile:
             frame["routes"] = self.routes.source_totals(self.route_tau, layer=depth).numpy()
         return frame
 
-    def correlations(self, layer: int | None = None) -> pd.DataFrame:
-        """Spearman rank correlation between the measures over positions ``0..target``."""
+    def _ranked(self, layer: int | None, exclude_bos: bool, exclude_target: bool) -> pd.DataFrame:
+        _validate.flag(exclude_bos, "exclude_bos")
+        _validate.flag(exclude_target, "exclude_target")
         frame = self.to_dataframe(layer).iloc[: self.target + 1]
-        return frame[list(self.measures)].corr(method="spearman")
+        if exclude_bos:
+            frame = frame.iloc[1:]
+        if exclude_target:
+            frame = frame[frame["pos"] != self.target]
+        return frame
+
+    @property
+    def _ranked_measures(self) -> list[str]:
+        # log_paths_residual ranks positions exactly like log_paths (both decrease with the
+        # distance to the target), so it would only repeat that column.
+        return [m for m in self.measures if m != "log_paths_residual"]
+
+    def correlations(
+        self, layer: int | None = None, *, exclude_bos: bool = True, exclude_target: bool = True
+    ) -> pd.DataFrame:
+        """Spearman rank correlation between the measures over the source positions
+        ``0..target`` — by default without the first token (every measure puts an outlier
+        there: the sink / the most paths) and without the target itself (1 path, itself in
+        the residual), which would otherwise dominate the ranks. ``log_paths_residual`` is
+        left out: it ranks positions exactly as ``log_paths`` does (docs/science.md §3)."""
+        frame = self._ranked(layer, exclude_bos, exclude_target)
+        return frame[self._ranked_measures].corr(method="spearman")
+
+    def agreement(
+        self,
+        layer: int | None = None,
+        *,
+        n_boot: int = 1000,
+        seed: int = 0,
+        exclude_bos: bool = True,
+        exclude_target: bool = True,
+    ) -> pd.DataFrame:
+        """How well each predictor ranks the measured sensitivity: Spearman ρ with a 95%
+        percentile bootstrap interval over the source positions (``n_boot`` resamples, fixed
+        ``seed``), and the numerically-zero share of each predictor (values below 1e-6 of its
+        maximum: ranks among them are rounding noise, as for rollout at depth). When the
+        sensitivity is an estimate, its probe noise adds to this interval (docs/science.md §3)."""
+        _validate.integer(n_boot, "n_boot", minimum=10)
+        _validate.integer(seed, "seed")
+        frame = self._ranked(layer, exclude_bos, exclude_target)
+        ranks = frame[self._ranked_measures].rank()
+        gen = torch.Generator().manual_seed(seed)
+        n = len(frame)
+        rows = []
+        for name in [m for m in self._ranked_measures if m != "sensitivity"]:
+            rho = float(ranks[name].corr(ranks["sensitivity"]))  # Spearman = Pearson on ranks
+            boot = []
+            x, y = ranks[name].to_numpy(), ranks["sensitivity"].to_numpy()
+            for _ in range(n_boot):
+                idx = torch.randint(0, n, (n,), generator=gen).numpy()
+                xs, ys = pd.Series(x[idx]).rank(), pd.Series(y[idx]).rank()
+                boot.append(float(xs.corr(ys)))
+            lo, hi = pd.Series(boot).dropna().quantile([0.025, 0.975]).tolist() or [None, None]
+            values = frame[name].abs()
+            tiny = float((values < 1e-6 * float(values.max())).mean()) if n else float("nan")
+            rows.append({"predictor": name, "spearman": rho, "ci_low": lo, "ci_high": hi,
+                         "positions": n, "numerically_zero": tiny})  # fmt: skip
+        return pd.DataFrame(rows)
 
     def _repr_html_(self) -> str:
         head = (

@@ -82,7 +82,7 @@ def collapse_findings(run: Any) -> list[Finding]:
         "gap",
         f"Repeated ones: the last-layer relative L∞ gap ({ref}) falls from {_g(first.rel_linf)} "
         f"at n = {int(first.length)} to {_g(last.rel_linf)} at n = {int(last.length)}.",
-        "collapse", {"first": float(first.rel_linf), "last": float(last.rel_linf)},
+        "collapse", {"first": float(first["rel_linf"]), "last": float(last.rel_linf)},
     ))  # fmt: skip
     for precision in ("bfloat16", "float16"):
         if precision not in curve.precisions:
@@ -129,7 +129,7 @@ def _n(n: int | None) -> str:
 
 
 def _head(row: Any) -> str:
-    return f"L{int(row.block)}H{int(row.head)}"
+    return f"L{int(row['block'])}H{int(row['head'])}"
 
 
 def sink_finding(run: Any) -> Finding:
@@ -179,7 +179,7 @@ def top_heads_finding(run: Any) -> Finding:
             parts.append(f"{label}: {score} not measured")
             continue
         row = col.sort_values(score, ascending=ascending).iloc[0]
-        values[score] = (int(row.block), int(row.head), float(row[score]))
+        values[score] = (int(row["block"]), int(row["head"]), float(row[score]))
         note = ""
         if score == "ov_copying" and row[score] >= 0:
             note = " — no head has a negative (erasing) OV spectrum"

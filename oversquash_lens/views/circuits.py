@@ -27,6 +27,7 @@ from ..errors import InvalidArgumentError
 
 __all__ = [
     "View",
+    "Columns",
     "colored_tokens",
     "colored_tokens_multi",
     "attention_heads",
@@ -204,8 +205,21 @@ def _is_figure(obj: Any) -> bool:
     return type(obj).__module__.startswith("plotly") and hasattr(obj, "to_html")
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Page items side by side (one grid column each), e.g. the same view for two models."""
+
+    items: tuple[Any, ...]
+
+
 def _fragment(item: Any) -> tuple[str, bool, bool]:
     """HTML of one item, and whether it needs the circuitsvis bundle / plotly.js."""
+    if isinstance(item, Columns):
+        parts = [_fragment(i) for i in item.items]
+        cells = "".join(f"<div style='min-width:0'>{p[0]}</div>" for p in parts)
+        grid = f"display:grid;gap:1em;grid-template-columns:repeat({len(parts)},minmax(0,1fr))"
+        html_ = f"<div class='columns' style='{grid}'>{cells}</div>"
+        return html_, any(p[1] for p in parts), any(p[2] for p in parts)
     if isinstance(item, View):
         head = f"<h3>{html.escape(item.title)}</h3>" if item.title else ""
         return head + item.body(), True, False
