@@ -137,7 +137,8 @@ class OversquashProfile:
         """How well each predictor ranks the measured sensitivity: Spearman ρ with a 95%
         percentile bootstrap interval over the source positions (``n_boot`` resamples, fixed
         ``seed``), and the numerically-zero share of each predictor (values below 1e-6 of its
-        maximum: ranks among them are rounding noise, as for rollout at depth). When the
+        maximum over all positions, the first token included: ranks among them are rounding noise,
+        as for rollout at depth). When the
         sensitivity is an estimate, its probe noise adds to this interval (docs/science.md §3)."""
         _validate.integer(n_boot, "n_boot", minimum=10)
         _validate.integer(seed, "seed")
@@ -155,8 +156,8 @@ class OversquashProfile:
                 xs, ys = pd.Series(x[idx]).rank(), pd.Series(y[idx]).rank()
                 boot.append(float(xs.corr(ys)))
             lo, hi = pd.Series(boot).dropna().quantile([0.025, 0.975]).tolist() or [None, None]
-            values = frame[name].abs()
-            tiny = float((values < 1e-6 * float(values.max())).mean()) if n else float("nan")
+            peak = float(self.to_dataframe(layer)[name].abs().max())  # BOS included
+            tiny = float((frame[name].abs() < 1e-6 * peak).mean()) if n else float("nan")
             rows.append({"predictor": name, "spearman": rho, "ci_low": lo, "ci_high": hi,
                          "positions": n, "numerically_zero": tiny})  # fmt: skip
         return pd.DataFrame(rows)

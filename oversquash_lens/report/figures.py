@@ -56,10 +56,12 @@ def collapse_figure(runs: Sequence[Any], task: str) -> go.Figure:
         hi = float(positive.max()) if len(positive) else 1.0
         lines = {p: _eps(p) for p in curve.precisions}
         near = {p: e for p, e in lines.items() if lo / 100 <= e <= hi * 10}
-        far = [p for p in lines if p not in near]
+        far = [f"{p} (2^{int(math.log2(e))})" for p, e in lines.items() if p not in near]
         lo, hi = min([lo, *near.values()]), max([hi, *near.values()])
-        floor = lo / 3
+        floor = lo / 3 if bool(f["identical"].any()) else lo  # bit-identical points sit here
         for (precision, mode), rows in f.groupby(["precision", "mode"], sort=False):
+            if mode == "native" and precision == curve.reference_dtype:
+                continue  # the reference run itself, already drawn as "rounded"
             rows = rows.sort_values("length")
             name = _legend_name(curve, precision, mode)
             fig.add_scatter(
@@ -81,12 +83,14 @@ def collapse_figure(runs: Sequence[Any], task: str) -> go.Figure:
                 showarrow=False, text=f"{precision} resolution 2^{int(math.log2(e))}",
                 font={"size": 10, "color": _COLOURS.get(precision, "grey")},
             )  # fmt: skip
-        fig.update_yaxes(type="log", range=[math.log10(floor) - 0.1, math.log10(hi) + 0.2],
+        fig.update_yaxes(type="log", range=[math.log10(floor) - 0.15, math.log10(hi) + 0.15],
                          title_text="relative L∞ gap (last layer)" if col == 1 else None,
                          row=1, col=col)  # fmt: skip
-        fig.update_xaxes(type="log", title_text="n (items)", row=1, col=col)
+        fig.update_xaxes(type="log", title_text="n (items)", tickvals=list(curve.lengths),
+                         ticktext=[str(n) for n in curve.lengths], row=1, col=col)  # fmt: skip
         if far:
-            notes.append(f"{run.name}: {', '.join(far)} resolution far below the data")
+            notes.append(f"{run.name}: resolution of {', '.join(far)} lies far below the data "
+                         "(not drawn)")  # fmt: skip
     fig.add_scatter(x=[None], y=[None], mode="markers", name="✕ bit-identical (gap 0, drawn "
                     "at the floor)", marker={"symbol": "x", "color": "black"})  # fmt: skip
     fig.update_layout(
@@ -133,31 +137,39 @@ def gap_heatmap(runs: Sequence[Any], task: str = "repeat") -> go.Figure:
     return fig
 
 
-def head_heatmaps(runs: Sequence[Any]) -> list[go.Figure]:
-    """One figure per score in :data:`HEAD_SCORES`, block × head, a panel per model."""
-    figs = []
-    for score, scale, zmin, zmax, log in HEAD_SCORES:
-        label = f"log10 {score}" if log else score
-        fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[r.name for r in runs])
-        for col, run in enumerate(runs, start=1):
-            frame = run.heads.to_dataframe()
-            grid = frame[score].to_numpy().reshape(run.heads.n_layers, run.heads.n_heads)
+def head_heatmaps(runs: Sequence[Any]) -> go.Figure:
+    """Block × head heat maps of every score in :data:`HEAD_SCORES` (columns), one row per
+    model, each score with its own colour bar below its column."""
+    cols = len(HEAD_SCORES)
+    titles = [f"{r.name}: {s[0]}" if len(runs) > 1 else s[0] for r in runs for s in HEAD_SCORES]
+    fig = make_subplots(rows=len(runs), cols=cols, subplot_titles=titles,
+                        horizontal_spacing=0.03, vertical_spacing=0.08)  # fmt: skip
+    for row, run in enumerate(runs, start=1):
+        frame = run.heads.to_dataframe()
+        n_layers, n_heads = run.heads.n_layers, run.heads.n_heads
+        for col, (score, scale, zmin, zmax, log) in enumerate(HEAD_SCORES, start=1):
+            label = f"log10 {score}" if log else score
+            grid = frame[score].to_numpy(dtype=float).reshape(n_layers, n_heads)
             if log:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     grid = np.log10(np.where(grid > 0, grid, np.nan))
+            centre = (col - 0.5) / cols
             fig.add_heatmap(
-                z=grid, colorscale=scale, zmin=zmin, zmax=zmax, showscale=col == 1,
-                colorbar={"title": label, "len": 0.9},
+                z=grid, colorscale=scale, zmin=zmin, zmax=zmax, showscale=row == len(runs),
+                colorbar={"orientation": "h", "x": centre, "xanchor": "center", "y": -0.07,
+                          "yanchor": "top", "len": 0.8 / cols, "thickness": 10,
+                          "title": {"text": label, "side": "top"}},
                 hovertemplate="L%{y}H%{x}<br>" + label + " %{z:.3g}<extra></extra>",
-                row=1, col=col,
+                row=row, col=col,
             )  # fmt: skip
-            fig.update_xaxes(title_text="head", dtick=1, row=1, col=col)
+            fig.update_xaxes(dtick=1 if n_heads <= 12 else None, row=row, col=col)
             fig.update_yaxes(title_text="block" if col == 1 else None, autorange="reversed",
-                             row=1, col=col)  # fmt: skip
-        layers = max(r.heads.n_layers for r in runs)
-        fig.update_layout(height=max(260, 12 * layers + 120), title=label, margin={"t": 60})
-        figs.append(fig)
-    return figs
+                             dtick=1 if n_layers <= 12 else None, row=row, col=col)  # fmt: skip
+    layers = sum(max(8, r.heads.n_layers) for r in runs)
+    fig.update_layout(height=14 * layers + 110 * len(runs) + 90, margin={"t": 40, "b": 100},
+                      title={"text": "x: head, y: block", "font": {"size": 11}, "x": 1,
+                             "xanchor": "right"})  # fmt: skip
+    return fig
 
 
 def _dominated(values: np.ndarray) -> bool:

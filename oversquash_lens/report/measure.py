@@ -22,6 +22,7 @@ from .. import _tl
 from ..errors import InvalidArgumentError
 from ..flow import OversquashProfile, Sensitivity, attention_rollout, oversquashing_bound
 from .config import COLLAPSE_TASKS, ReportConfig
+from .names import registry_card
 
 __all__ = ["ModelRun", "measure_model", "last_layer_sensitivity", "report_profile", "STEPS"]
 
@@ -178,7 +179,7 @@ def _routes(model: Any, tokens: Tensor) -> tuple[Tensor | None, str]:
         return None, "information-flow routes are not available in this installation"
     try:
         routes = information_flow(model, tokens)
-        return torch.as_tensor(routes.source_totals()).double().cpu(), ""
+        return torch.as_tensor(routes.source_totals(0.0)).double().cpu(), ""
     except Exception as exc:  # an unsupported architecture must not sink the whole report
         return None, f"routes not computed: {type(exc).__name__}: {str(exc)[:160]}"
 
@@ -200,7 +201,7 @@ def measure_model(
     lengths = list(config.lengths)
     if config.default_grid:
         lengths = fitting_lengths(model, lengths, info.n_ctx)
-    run = ModelRun(name, info, _facts(model, info), lengths, [])
+    run = ModelRun(name, info, _facts(model, info, name), lengths, [])
     run.skipped = [n for n in config.lengths if n not in lengths]
 
     def timed(label: str, fn: Callable[[], Any]) -> Any:
@@ -244,7 +245,9 @@ def measure_model(
     return run
 
 
-def _facts(model: Any, info: Any) -> dict[str, Any]:
+def _facts(model: Any, info: Any, name: str) -> dict[str, Any]:
+    """The model card: shape facts, the attention type per layer, and for a known real model
+    (registry) its origin, licence and weights."""
     windows = _tl.attention_windows(model)
     local = [b for b, w in enumerate(windows) if w is not None]
     attention = "all global (full causal)"
@@ -253,8 +256,10 @@ def _facts(model: Any, info: Any) -> dict[str, Any]:
         attention = f"{len(local)} local (window {sizes}), global blocks " + str(
             [b for b, w in enumerate(windows) if w is None]
         )
-    return {
-        "architecture": str(getattr(model.cfg, "original_architecture", "") or info.family),
+    cfg = model.cfg
+    arch = getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None)
+    facts: dict[str, Any] = {
+        "architecture": f"{arch or type(model).__name__} ({type(model).__name__})",
         "layers": info.n_layers,
         "heads (query / key-value)": f"{info.n_heads} / {info.n_kv_heads}",
         "d_model": info.d_model,
@@ -266,3 +271,7 @@ def _facts(model: Any, info: Any) -> dict[str, Any]:
         "dtype": str(_tl.model_dtype(model)).replace("torch.", ""),
         "source": info.name,
     }
+    card = registry_card(name)
+    if card is not None:
+        facts.update(origin=card.origin, license=card.license, weights=card.quantization)
+    return facts

@@ -11,19 +11,25 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["display_name", "unique_names"]
+__all__ = ["display_name", "unique_names", "registry_card"]
 
 _VERSIONED = re.compile(r"^(?P<slug>.+?)-\d+(\.\d+)+")
 
 
 def _registry_title(name: str) -> str | None:
     """The card title of a registry model named ``name`` (or an alias), else None."""
+    card = registry_card(name)
+    return card.title if card is not None else None
+
+
+def registry_card(name: str) -> Any:
+    """The registry ``ModelCard`` of a known real model (name, alias or title), else None."""
     try:
         from ..models.registry import model_card, resolve_name
     except ImportError:  # pragma: no cover - registry not installed
         return None
     resolved = resolve_name(name)
-    return model_card(resolved).title if resolved is not None else None
+    return model_card(resolved) if resolved is not None else None
 
 
 def _folder_name(folder: Path) -> str:

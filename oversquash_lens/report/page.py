@@ -94,8 +94,8 @@ def _crossing_table(run: Any) -> pd.DataFrame:
     rows = []
     for task, curve in run.curves.items():
         for precision in curve.precisions:
-            modes = ("rounded", "native") if precision in curve.native else ("rounded",)
-            for mode in modes:
+            native = precision in curve.native and precision != curve.reference_dtype
+            for mode in ("rounded", "native") if native else ("rounded",):
                 got = {c: curve.crossing_length(precision, -1, mode=mode, criterion=c)
                        for c in ("identical", "collapsed")}  # fmt: skip
                 last = max(curve.lengths)
@@ -120,7 +120,8 @@ def collapse_section(runs: Sequence[Any]) -> list[Any]:
         "emulated and fp8 cannot run, so those are rounded only)." + skipped
     )
     items: list[Any] = [_h2("collapse", "Representational collapse", note)]
-    tables = [frame_html(f"{r.name}: crossing lengths, last layer", _crossing_table(r))
+    tables = [frame_html(f"{r.name}: crossing lengths, last layer",
+                         _crossing_table(r).set_index(["task", "precision", "mode"]))
               for r in runs]  # fmt: skip
     items.append(_cols(tables))
     for task in runs[0].curves:
@@ -184,10 +185,15 @@ def _ranked(run: Any, top_k: int) -> str:
         blocks.append(frame_html(f"{label} (by {score})", top[cols].set_index(["block", "head"])))
     counts = run.heads.counts().to_frame().T
     head = frame_html(f"{run.name}: heads per label", counts)
-    return head + "".join(blocks)
+    wrap = "display:flex;flex-wrap:wrap;gap:0 1.5em;align-items:flex-start"
+    return head + f"<div style='{wrap}'>" + "".join(blocks) + "</div>"
 
 
-def _extreme_heads(run: Any, limit: int) -> tuple[list[tuple[int, int]], list[str]]:
+_SHORT = {"diag_mass": "diag", "prev_mass": "prev", "first_mass": "sink",
+          "write_ratio": "low-write", "ov_copying": "eraser"}  # fmt: skip
+
+
+def _extreme_heads(run: Any, limit: int) -> tuple[list[tuple[int, int]], list[str], list[str]]:
     """The most extreme head of each kind (deduplicated, in kind order: the first one is the
     one circuitsvis zooms on load)."""
     frame = run.heads.to_dataframe()
@@ -199,9 +205,11 @@ def _extreme_heads(run: Any, limit: int) -> tuple[list[tuple[int, int]], list[st
             continue
         row = valid.sort_values(score, ascending=ascending).iloc[0]
         key = (int(row["block"]), int(row["head"]))
-        chosen.setdefault(key, []).append(f"{label} ({score} {row[score]:.2g})")
+        chosen.setdefault(key, []).append((score, f"{label} ({score} {row[score]:.3g})"))
     keys = list(chosen)[:limit]
-    return keys, [f"L{b}H{h}: " + " + ".join(chosen[(b, h)]) for b, h in keys]
+    short = [f"L{b}H{h} " + "+".join(_SHORT[s] for s, _ in chosen[(b, h)]) for b, h in keys]
+    long = [f"L{b}H{h}: " + ", ".join(t for _, t in chosen[(b, h)]) for b, h in keys]
+    return keys, short, long
 
 
 def heads_section(runs: Sequence[Any], config: Any) -> list[Any]:
@@ -213,7 +221,7 @@ def heads_section(runs: Sequence[Any], config: Any) -> list[Any]:
         + ("Ablations were run." if config.head_ablation else "No ablations (pass --ablation).")
     )
     items: list[Any] = [_h2("heads", "Attention heads", note)]
-    items.extend(figures.head_heatmaps(runs))
+    items.append(figures.head_heatmaps(runs))
     items.append(f"<h3>Top {config.top_k} heads of each kind</h3>")
     items.append(_cols([_ranked(r, config.top_k) for r in runs]))
     links = [_csv_link(r.heads.to_dataframe(), f"heads-{_slug(r.name)}.csv",
@@ -223,10 +231,11 @@ def heads_section(runs: Sequence[Any], config: Any) -> list[Any]:
                  "Hover a thumbnail to view it, click to lock; the zoomed panel opens on the "
                  "first head.</p>")  # fmt: skip
     for run in runs:
-        keys, names = _extreme_heads(run, config.max_attention_views)
+        keys, names, described = _extreme_heads(run, config.max_attention_views)
         if not keys or run.patterns is None:
             items.append(f"<p>{html.escape(run.name)}: no head scores to show.</p>")
             continue
+        items.append("<p class='note'>" + html.escape("; ".join(described)) + "</p>")
         blocks = torch.as_tensor([k[0] for k in keys])
         heads = torch.as_tensor([k[1] for k in keys])
         items.append(viz.attention_heads(run.patterns[blocks, heads], run.head_tokens,
