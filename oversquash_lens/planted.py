@@ -7,5 +7,9 @@ and ``isinstance`` checks agree whichever name a notebook imports.
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 sys.modules[__name__] = importlib.import_module("oversquash_lens.models.planted")
+
+if TYPE_CHECKING:  # type checkers see the real module's names
+    from .models.planted import *  # noqa: F403

@@ -59,7 +59,7 @@ def model_info(model: Any) -> ModelInfo:
             f"{type(model).__name__!s} {_short(model)} "
             f"(missing: {', '.join(missing) or 'nn.Module'})"
         )
-    cfg = model.cfg
+    cfg: Any = model.cfg
     direction = str(getattr(cfg, "attention_dir", "causal") or "causal")
     arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
     if direction != "causal" or any(k in arch for k in ("Bert", "Encoder", "T5", "Bart")):
@@ -106,7 +106,7 @@ def require_attention(model: Any, info: ModelInfo | None = None) -> ModelInfo:
     return info
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: Any) -> torch.device:
     """Device of the first parameter that holds data (offloaded ``meta`` placeholders of a
     ``device_map`` model skipped; accelerate moves inputs on to each module's device)."""
     for p in model.parameters():
@@ -116,7 +116,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")
 
 
-def is_offloaded(model: torch.nn.Module) -> bool:
+def is_offloaded(model: Any) -> bool:
     """Whether some weights are offloaded by accelerate (``device_map`` with CPU/disk targets):
     the module then holds ``meta`` placeholders that are filled in only during its forward."""
     return any(p.is_meta for p in model.parameters())
@@ -138,7 +138,7 @@ def readable_weights(module: torch.nn.Module) -> Iterator[None]:
         yield
 
 
-def model_dtype(model: torch.nn.Module) -> torch.dtype:
+def model_dtype(model: Any) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype

@@ -4,6 +4,7 @@ bitwise), no autograd graph left on modules, and a hook counter to prove no hook
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,7 +12,7 @@ from torch import Tensor
 __all__ = ["count_hooks", "preserved", "cast_temporarily", "release_graphs"]
 
 
-def count_hooks(model: torch.nn.Module) -> int:
+def count_hooks(model: Any) -> int:
     """Total number of PyTorch hooks registered on any submodule (used to prove no leaks)."""
     total = 0
     for m in model.modules():
@@ -21,9 +22,7 @@ def count_hooks(model: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def preserved(
-    model: torch.nn.Module, *, eval_mode: bool = True, freeze: bool = False
-) -> Iterator[None]:
+def preserved(model: Any, *, eval_mode: bool = True, freeze: bool = False) -> Iterator[None]:
     """Run a block with the model in eval mode (and parameters frozen if ``freeze``), then
     restore every module's train/eval flag and every parameter's ``requires_grad``, also when
     the block raises."""
@@ -44,7 +43,7 @@ def preserved(
 
 
 @contextlib.contextmanager
-def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+def cast_temporarily(model: Any, dtype: torch.dtype) -> Iterator[None]:
     """Run a block with every floating parameter and buffer of ``model`` held in ``dtype``
     (what ``model.to(dtype)`` does), then put the *original tensors* back, also on exceptions.
 
@@ -65,7 +64,7 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
     ]
     # TransformerLens components cast to ``cfg.dtype`` inside forward (e.g. RMSNorm's output in
     # TL 3.x), so ``model.to(dtype)`` also updates the config: do the same, and restore it.
-    cfg = getattr(model, "cfg", None)
+    cfg: Any = getattr(model, "cfg", None)
     cfg_dtype = getattr(cfg, "dtype", None)
     try:
         if isinstance(cfg_dtype, torch.dtype):
@@ -79,14 +78,14 @@ def cast_temporarily(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[Non
         yield
     finally:
         for table, name, t in slots:
-            table[name] = t
+            table[name] = t  # pyright: ignore[reportArgumentType]
         for t, data in saved:
             t.data = data
         if isinstance(cfg_dtype, torch.dtype):
             cfg.dtype = cfg_dtype
 
 
-def release_graphs(model: torch.nn.Module) -> None:
+def release_graphs(model: Any) -> None:
     """Detach tensors that a grad-enabled forward pass left on modules (TL 4 bridges keep the
     last attention pattern as ``attn._pattern``), so no autograd graph outlives the call that
     built it (it would pin the activations and make ``copy.deepcopy(model)`` fail)."""

@@ -231,8 +231,8 @@ def _expand(
                 if weights is not None:
                     new_w = torch.matmul(new_w, weights[:, None])
                 new = [p + ((layer, h),) for p in group for h in range(n_heads)]
-                flat = (part.flatten(0, 1) for part in (new_y, m_f, new_w))
-                extend(kind, src, new, *flat, layer + 1, top)
+                flat_y, flat_f, flat_w = (part.flatten(0, 1) for part in (new_y, m_f, new_w))
+                extend(kind, src, new, flat_y, flat_f, flat_w, layer + 1, top)
 
     sources = [("embed", "embed", x0, 0)]
     if mlp_order is not None:

@@ -216,7 +216,7 @@ class PathExpansion:
     ) -> pd.DataFrame:
         """:meth:`to_dataframe`, optionally of one order and one source kind (``"embed"`` or
         ``"mlp"``), sorted by ``logit`` (with a token) or by ``norm``."""
-        frame = self.to_dataframe(token)
+        frame: Any = self.to_dataframe(token)
         if order is not None:
             frame = frame[frame["order"] == self._order(order)]
         if source is not None:

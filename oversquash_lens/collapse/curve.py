@@ -297,7 +297,7 @@ def _frame(
             )
             frame["collapsed"] = frame["identical"] | (frame["rel_linf"] < resolution(dtype))
             frames.append(frame)
-    return pd.concat(frames, ignore_index=True)[COLUMNS]
+    return pd.DataFrame(pd.concat(frames, ignore_index=True)[COLUMNS])
 
 
 def _counts(runs: list) -> dict[int, int]:

@@ -101,7 +101,9 @@ class CollapseCurve:
             raise InvalidArgumentError(f"mode={mode!r} is not available for {name}: {have}")
         layer = _validate.resolve_index(layer, self.n_layers + 1, name="layer")
         f = self.frame
-        sel = f[(f["precision"] == name) & (f["mode"] == mode) & (f["layer"] == layer)]
+        sel = pd.DataFrame(
+            f[(f["precision"] == name) & (f["mode"] == mode) & (f["layer"] == layer)]
+        )
         return sel.sort_values("length")
 
     def crossing_length(

@@ -64,7 +64,7 @@ def _collides(max_n: int, dtype: torch.dtype) -> Tensor:
 def bf16_collision_n(*, dtype: str | torch.dtype = "bfloat16", max_n: int = 1 << 16) -> int:
     """First n with round(1/n) == round(1/(n+1)) in ``dtype``: n equal logits and n+1 equal
     logits give the *same* softmax weight (docs/science.md §2: 190 in bfloat16)."""
-    dt = _validate.resolve_dtype(dtype)
+    dt = _validate.resolve_dtype(dtype) or torch.bfloat16
     hits = _collides(max_n, dt).nonzero()
     if hits.numel() == 0:
         raise InvalidArgumentError(f"no collision below max_n={max_n} in {dt}")
@@ -78,7 +78,7 @@ def softmax_collisions(
 ) -> pd.DataFrame:
     """Fraction of n in each half-open band [lo, hi) whose equal-logit weight 1/n collides
     with 1/(n+1) after rounding to ``dtype`` (docs/science.md §2: 0, ~0.17, ~0.5, ~0.75 in bf16)."""
-    dt = _validate.resolve_dtype(dtype)
+    dt = _validate.resolve_dtype(dtype) or torch.bfloat16
     for lo, hi in bands:
         if not 1 <= lo < hi:
             raise InvalidArgumentError(f"band ({lo}, {hi}) must satisfy 1 <= lo < hi")

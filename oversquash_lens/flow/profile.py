@@ -27,6 +27,11 @@ from .sensitivity import Sensitivity, token_sensitivity
 
 __all__ = ["OversquashProfile", "oversquash_profile"]
 
+
+def _as_array(values: Any) -> Any:
+    return torch.as_tensor(values).numpy()
+
+
 MEASURES = ("log_paths", "log_paths_residual", "rollout", "bound", "sensitivity")
 
 
@@ -85,17 +90,18 @@ class OversquashProfile:
             {
                 "pos": range(n),
                 "token": list(self.labels) or self.tokens.tolist(),
-                "log_paths": path_counts(n, depth, target=self.target, log=True).numpy(),
-                "log_paths_residual": path_counts(
-                    n, depth, target=self.target, residual_edges=True, log=True
-                ).numpy(),
+                "log_paths": _as_array(path_counts(n, depth, target=self.target, log=True)),
+                "log_paths_residual": _as_array(
+                    path_counts(n, depth, target=self.target, residual_edges=True, log=True)
+                ),
                 "rollout": self.rollout[row].double().cpu().numpy(),
                 "bound": self.bound[row].double().cpu().numpy(),
                 "sensitivity": self.sensitivity.values[row].double().cpu().numpy(),
             }
         )
         if self.routes is not None:
-            frame["routes"] = self.routes.source_totals(self.route_tau, layer=depth).numpy()
+            tau = 0.0 if self.route_tau is None else self.route_tau
+            frame["routes"] = self.routes.source_totals(tau, layer=depth).numpy()
         return frame
 
     def _ranked(self, layer: int | None, exclude_bos: bool, exclude_target: bool) -> pd.DataFrame:
@@ -123,7 +129,7 @@ class OversquashProfile:
         the residual), which would otherwise dominate the ranks. ``log_paths_residual`` is
         left out: it ranks positions exactly as ``log_paths`` does (docs/science.md §3)."""
         frame = self._ranked(layer, exclude_bos, exclude_target)
-        return frame[self._ranked_measures].corr(method="spearman")
+        return pd.DataFrame(frame[self._ranked_measures]).corr(method="spearman")
 
     def agreement(
         self,

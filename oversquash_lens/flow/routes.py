@@ -405,7 +405,7 @@ def information_flow(
     return routes
 
 
-def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Tensor | None]:
+def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
     """One forward pass with hooks: the tensors of :class:`FlowRoutes` (float32, one sequence)
     plus the weights ``W_O``, ``b_O`` and the post-attention norms."""
     n_layers = info.n_layers
@@ -428,7 +428,7 @@ def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Tensor | None]:
     )
     w_o = torch.stack([_tl.w_o(model, b).float() for b in range(n_layers)]).to(resid.device)
     biases = [_tl.b_o(model, b) for b in range(n_layers)]
-    b_o = None if any(x is None for x in biases) else torch.stack(biases).float().to(resid.device)
+    b_o = None if any(x is None for x in biases) else torch.stack(biases).float().to(resid.device)  # type: ignore[arg-type]
     weight = inv_scale = None
     if any(post):
         weight, inv_scale = _post_norms(store, n_layers, info.name)
@@ -489,7 +489,7 @@ def _identity_error(r: FlowRoutes) -> Tensor:
         if r.b_o is not None:
             attn = attn + r.b_o[b]
         if r.norm_weight is not None:
-            attn = attn * r.norm_weight[b] * r.norm_inv_scale[b][:, None]
+            attn = attn * r.norm_weight[b] * r.norm_inv_scale[b][:, None]  # type: ignore[index]
         x = r.resid[b + 1]
         diff = (r.resid[b] + attn + r.mlp_out[b] - x).norm(dim=-1)
         rows.append(diff / x.norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny))

@@ -121,7 +121,7 @@ class HeadReport:
         """Rows of :meth:`to_dataframe` whose label is not ``mixing``, the heads that stand out
         most first: diagonal kinds, then previous-token heads, then sinks, each ranked by
         ``excess`` (how far the defining score is above its uniform-attention level)."""
-        frame = self.to_dataframe()
+        frame: Any = self.to_dataframe()
         frame = frame[frame["label"] != "mixing"]
         kind = frame["label"].map({"bos-sink": 2, "previous-token": 1}).fillna(0)
         order = frame.assign(_kind=kind).sort_values(["_kind", "excess"], ascending=[True, False])

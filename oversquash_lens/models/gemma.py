@@ -110,7 +110,7 @@ def _convert(module_name: str, out: Path, progress: Progress | None = None) -> N
         step(steps[5])
         tokenizer.save_pretrained(str(out))
     shutil.rmtree(source)
-    terms = Path(package.__file__).parent / "data" / TERMS_FILE
+    terms = Path(str(package.__file__)).parent / "data" / TERMS_FILE
     if terms.is_file():
         shutil.copyfile(terms, out / TERMS_FILE)
 
@@ -119,9 +119,9 @@ def _without_quantizer(model: Any) -> Any:
     """A fresh model of the same class whose config has no ``quantization_config``, holding the
     dequantised weights (every key must match)."""
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import no_init_weights  # pyright: ignore
     except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights
+        from transformers.modeling_utils import no_init_weights  # pyright: ignore
 
     config = model.config.to_dict()
     config.pop("quantization_config", None)

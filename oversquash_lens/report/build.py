@@ -108,7 +108,7 @@ def _write(runs: list[ModelRun], path: Path, config: ReportConfig, start: float)
                         f"<h1>oversquash_lens report: {html.escape(names)}</h1>"]  # fmt: skip
     items.append(
         "<p class='note'>Over-squashing and representational collapse (Barbero et al. 2024, "
-        "\"Transformers need glasses!\"), measured when this page was built. Sections: "
+        '"Transformers need glasses!"), measured when this page was built. Sections: '
         "<a href='#findings'>findings</a> · <a href='#model'>model</a> · "
         "<a href='#collapse'>collapse</a> · <a href='#profile'>profile</a> · "
         "<a href='#heads'>heads</a> · <a href='#timings'>timings</a>.</p>"

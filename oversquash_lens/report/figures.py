@@ -197,8 +197,12 @@ def profile_figure(runs: Sequence[Any], frames: Sequence[Any]) -> go.Figure:
                             hovertemplate="pos %{x} %{text}<br>%{y:.3g}<extra></extra>",
                             row=row, col=col)  # fmt: skip
             log = name in ("bound", "sensitivity") or (name != "log_paths" and _dominated(values))
-            fig.update_yaxes(type="log" if log else "linear", row=row, col=col,
-                             title_text=f"{name}{' (log)' if log else ''}" if col == 1 else None)
+            fig.update_yaxes(
+                type="log" if log else "linear",
+                row=row,
+                col=col,
+                title_text=f"{name}{' (log)' if log else ''}" if col == 1 else None,
+            )
         fig.update_xaxes(title_text="source position i", row=len(measures), col=col)
     fig.update_layout(height=170 * len(measures) + 80, margin={"t": 50})
     return fig

@@ -110,7 +110,10 @@ def _separator_finding(run: Any) -> Finding:
     ratio = float(b.rel_linf) / float(a.rel_linf) if a.rel_linf > 0 else math.inf
     changes = []
     for precision in [p for p in ("bfloat16", "float16") if p in plain.precisions]:
-        before, after = _crossings(plain, precision, "rounded"), _crossings(sep, precision, "rounded")
+        before, after = (
+            _crossings(plain, precision, "rounded"),
+            _crossings(sep, precision, "rounded"),
+        )
         show = {c: (before[c], after[c]) for c in before}
         changes.append(
             f"{precision} <b>collapsed</b> {_n(show['collapsed'][0])} → {_n(show['collapsed'][1])}, "
@@ -209,32 +212,48 @@ def sensitivity_findings(run: Any) -> list[Finding]:
         f"the last 10% ({n - k}–{n - 1}); position 0 alone {_pct(bos)}.",
         "profile", {"first": float(first), "last": float(last), "bos": float(bos), "k": k},
     )]  # fmt: skip
-    corr = predictor_correlations(run)
-    shown = ", ".join(f"{name} {_g(r)}" for name, r in corr.items())
-    out.append(Finding(
-        "predictors",
-        f"Spearman correlation with measured sensitivity over the {n} positions: {shown}"
-        + (" (NaN: a constant measure)." if any(not math.isfinite(r) for r in corr.values())
-           else "."),
-        "profile", dict(corr),
-    ))  # fmt: skip
+    out.append(predictor_finding(run))
     return out
 
 
-def predictor_correlations(run: Any) -> dict[str, float]:
-    """Spearman ρ of each predictor with the last-layer sensitivity (positions 0..target)."""
-    frame = profile_frame(run)
-    corr = frame.drop(columns=["pos", "token"]).corr(method="spearman")["sensitivity"]
-    return {k: float(v) for k, v in corr.items() if k != "sensitivity"}
+#: bootstrap resamples of the predictor agreement
+N_BOOT = 500
+
+
+def agreement(run: Any) -> Any:
+    """``OversquashProfile.agreement`` at the last layer (first token and target excluded),
+    computed once per run: Spearman ρ of each predictor with the sensitivity, its 95%
+    bootstrap interval, and the share of numerically-zero values."""
+    if run.agreement is None:
+        run.agreement = run.profile.agreement(n_boot=N_BOOT)
+    return run.agreement
+
+
+def predictor_finding(run: Any) -> Finding:
+    table = agreement(run)
+    parts, values = [], {}
+    for row in table.itertuples(index=False):
+        values[row.predictor] = float(row.spearman)
+        low, high = row.ci_low, row.ci_high
+        ci = f" [{_g(low)}, {_g(high)}]" if low is not None and math.isfinite(low) else ""
+        zero = ""
+        if row.numerically_zero >= 0.5:
+            zero = f" ({_pct(row.numerically_zero)} of positions numerically zero: rank noise)"
+        parts.append(f"{row.predictor} {_g(float(row.spearman))}{ci}{zero}")
+    n = int(table["positions"].iloc[0]) if len(table) else 0
+    text = (
+        f"Spearman ρ of each predictor with measured sensitivity over {n} positions (first "
+        "token and target left out; 95% bootstrap interval): " + "; ".join(parts) + "."
+    )
+    if any(not math.isfinite(v) for v in values.values()):
+        text += " NaN: a constant measure."
+    return Finding("predictors", text, "profile", values)
 
 
 def profile_frame(run: Any) -> Any:
-    """The profile's last-layer table (positions 0..target) plus the routes' source totals."""
+    """The profile's last-layer table, positions 0..target (with ``routes`` when measured)."""
     prof = run.profile
-    frame = prof.to_dataframe().iloc[: prof.target + 1].copy()
-    if run.routes is not None and len(run.routes) == len(prof.tokens):
-        frame["routes"] = run.routes.numpy()[: prof.target + 1]
-    return frame
+    return prof.to_dataframe().iloc[: prof.target + 1].copy()
 
 
 def findings(run: Any) -> list[Finding]:

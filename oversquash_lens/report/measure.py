@@ -8,6 +8,7 @@ returns a :class:`ModelRun`. The profile's sensitivity is measured at the last l
 backward pass of depth ℓ runs through ℓ blocks; all depths cost L(L+1)/2 block-backwards).
 """
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,14 @@ from ..flow import OversquashProfile, Sensitivity, attention_rollout, oversquash
 from .config import COLLAPSE_TASKS, ReportConfig
 from .names import registry_card
 
-__all__ = ["ModelRun", "measure_model", "last_layer_sensitivity", "report_profile", "STEPS"]
+__all__ = [
+    "ModelRun",
+    "measure_model",
+    "last_layer_sensitivity",
+    "report_profile",
+    "with_routes",
+    "STEPS",
+]
 
 #: the named steps of one model, in order (the outer progress bar names each)
 STEPS = ("collapse repeat", "collapse repeat-sep", "profile", "heads", "attention", "routes")
@@ -45,8 +53,8 @@ class ModelRun:
     heads: Any = None
     head_tokens: list[str] = field(default_factory=list)
     patterns: Tensor | None = None
-    routes: Tensor | None = None
     routes_note: str = ""
+    agreement: Any = None  # OversquashProfile.agreement(), filled by the findings
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -133,8 +141,13 @@ def last_layer_sensitivity(
     values[-1, :m] = squares.sqrt().to(out_dtype).cpu()
     labels = tuple(token_strings(model, toks[0]))
     return Sensitivity(
-        values=values, tokens=toks[0].cpu(), target=t, method=method, n_probes=probes,
-        labels=labels, model_name=info.name,
+        values=values,
+        tokens=toks[0].cpu(),
+        target=t,
+        method=method,
+        n_probes=probes,
+        labels=labels,
+        model_name=info.name,
     )
 
 
@@ -154,9 +167,7 @@ def report_profile(
     if _tl.centres_before_norm(model):
         resid = resid - resid.mean(-1, keepdim=True)
     beta = resid.square().mean(-1).sqrt().cpu()
-    sens = last_layer_sensitivity(
-        model, toks, method=method, n_probes=n_probes, progress=progress
-    )
+    sens = last_layer_sensitivity(model, toks, method=method, n_probes=n_probes, progress=progress)
     return OversquashProfile(
         rollout=attention_rollout(patterns, target=-1).cpu(),
         bound=oversquashing_bound(patterns, target=-1, beta=beta).cpu(),
@@ -170,18 +181,26 @@ def report_profile(
     )
 
 
-def _routes(model: Any, tokens: Tensor) -> tuple[Tensor | None, str]:
-    """Source totals of the information-flow routes toward the last token, if the installed
-    ``oversquash_lens.flow`` has them (the hook for the routes work)."""
+#: edge threshold of the routes column: 0 keeps every route (the totals sum to ~1)
+ROUTE_TAU = 0.0
+
+
+def with_routes(profile: OversquashProfile, model: Any, tokens: Tensor) -> tuple[Any, str]:
+    """``profile`` with the information-flow routes toward its target (``routes`` column at
+    τ = :data:`ROUTE_TAU`, their source totals computed once here), or unchanged with the
+    reason when the installed ``oversquash_lens.flow`` or the architecture has none."""
     try:
         from ..flow.routes import information_flow
     except ImportError:
-        return None, "information-flow routes are not available in this installation"
+        return profile, "information-flow routes are not available in this installation"
+    if "routes" not in {f.name for f in dataclasses.fields(profile)}:
+        return profile, "this OversquashProfile has no routes column"
     try:
-        routes = information_flow(model, tokens)
-        return torch.as_tensor(routes.source_totals(0.0)).double().cpu(), ""
+        routes = information_flow(model, tokens, target=profile.target)
+        routes.source_totals(ROUTE_TAU)  # the walk is cached: later tables reuse it
     except Exception as exc:  # an unsupported architecture must not sink the whole report
-        return None, f"routes not computed: {type(exc).__name__}: {str(exc)[:160]}"
+        return profile, f"routes not computed: {type(exc).__name__}: {str(exc)[:160]}"
+    return dataclasses.replace(profile, routes=routes, route_tau=ROUTE_TAU), ""
 
 
 def measure_model(
@@ -239,7 +258,9 @@ def measure_model(
     run.head_tokens = token_strings(model, head_tokens[0])
     run.patterns = timed("attention", lambda: _tl.attention_patterns(model, head_tokens)[0])
     if config.routes:
-        run.routes, run.routes_note = timed("routes", lambda: _routes(model, copy_tokens))
+        run.profile, run.routes_note = timed(
+            "routes", lambda: with_routes(run.profile, model, copy_tokens)
+        )
     else:
         run.routes_note = "routes skipped (--quick / ReportConfig(routes=False))"
     return run

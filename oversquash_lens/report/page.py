@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 
 from .. import viz
-from ..views.circuits import Columns
 from .._display import frame_html
+from ..views.circuits import Columns
 from . import figures
-from .findings import KINDS, TOPICS, Finding, finding_html, findings, profile_frame
+from .findings import KINDS, TOPICS, Finding, agreement, finding_html, findings, profile_frame
 
 __all__ = [
     "findings_section",
@@ -109,8 +109,9 @@ def _crossing_table(run: Any) -> pd.DataFrame:
 
 def collapse_section(runs: Sequence[Any]) -> list[Any]:
     skipped = "".join(
-        f" {r.name}: lengths {r.skipped} skipped (their prompts do not fit n_ctx="
-        f"{r.info.n_ctx})." for r in runs if r.skipped
+        f" {r.name}: lengths {r.skipped} skipped (their prompts do not fit n_ctx={r.info.n_ctx})."
+        for r in runs
+        if r.skipped
     )
     note = (
         "Gap between the last-token residuals of n ones and of n+1 ones (PAPER §2, Thm 4.2), "
@@ -144,7 +145,8 @@ def profile_section(runs: Sequence[Any]) -> list[Any]:
         "Toward the last token of a copy prompt, at the last layer: causal path counts (log, "
         "Thm 5.1), attention rollout (Abnar & Zuidema, residual 0.5), the Theorem 5.1 bound "
         "with β from the residual norms, the measured Jacobian sensitivity ‖∂h_t^(L)/∂h_i^(0)‖_F"
-        f" ({method}) and, when available, the information-flow routes' source totals. Each "
+        f" ({method}) and, when available, the information-flow routes' source totals (Ferrando "
+        "& Voita; every route kept, τ = 0). Each "
         "token view colours every measure on its own scale (log for rollout, bound, "
         "sensitivity and routes); it opens on the measured sensitivity."
     )
@@ -152,8 +154,11 @@ def profile_section(runs: Sequence[Any]) -> list[Any]:
     frames = [profile_frame(r) for r in runs]
     views = []
     for run, frame in zip(runs, frames):
-        measures = {c: frame[c].to_numpy() for c in
-                    ("sensitivity", "log_paths", "rollout", "bound", "routes") if c in frame}
+        measures = {
+            c: frame[c].to_numpy()
+            for c in ("sensitivity", "log_paths", "rollout", "bound", "routes")
+            if c in frame
+        }
         view = viz.colored_tokens_multi(
             [str(t) for t in frame["token"]], measures, selected="sensitivity",
             log=[m for m in ("rollout", "bound", "sensitivity", "routes") if m in measures],
@@ -161,9 +166,10 @@ def profile_section(runs: Sequence[Any]) -> list[Any]:
         views.append(dataclasses.replace(view, title=run.name))
     items.append(_cols(views))
     items.append(figures.profile_figure(runs, frames))
-    corr = [frame_html(f"{r.name}: Spearman correlation between measures",
-                       f.drop(columns=["pos", "token"]).corr(method="spearman"))
-            for r, f in zip(runs, frames)]  # fmt: skip
+    corr = [frame_html(f"{r.name}: how well each predictor ranks the measured sensitivity "
+                       "(Spearman ρ, 95% bootstrap interval; first token and target left out)",
+                       agreement(r).set_index("predictor"))
+            for r in runs]  # fmt: skip
     items.append(_cols(corr))
     notes = [f"{r.name}: {r.routes_note}" for r in runs if r.routes_note]
     if notes:
