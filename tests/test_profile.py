@@ -25,11 +25,13 @@ TOKENS = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 6, 10]])
 
 
 def _residual_scale(model, toks):
-    """Independent β: std (LayerNorm) or RMS (RMSNorm) of the residual entering each block."""
+    """Independent β: the divisor of the pre-attention norm, sqrt(var + ε) (LayerNorm) or
+    sqrt(mean square + ε) (RMSNorm) of the residual entering each block."""
     states = capture_residuals(model, toks).states[0, :-1].double()  # [layer, pos, d]
+    eps = model.cfg.eps
     if model.cfg.normalization_type.upper().startswith("RMS"):
-        return states.square().mean(-1).sqrt()
-    return states.std(-1, correction=0)
+        return (states.square().mean(-1) + eps).sqrt()
+    return (states.var(-1, correction=0) + eps).sqrt()
 
 
 @pytest.mark.parametrize("target", [-1, 5])
@@ -104,6 +106,15 @@ def test_agreement_has_a_bootstrap_interval(llama):
         prof.agreement(n_boot=3)
     with without_runtime_type_checks(), pytest.raises(OversquashError, match="exclude_bos='no'"):
         prof.correlations(exclude_bos="no")
+
+
+def test_zero_residual_gets_the_norms_divisor(llama):
+    """A padding token's embedding row is 0 in HF Llama: β there is sqrt(ε), not 0 (which the
+    bound would reject), exactly what the norm divides by."""
+    toks = torch.tensor([[0, 5, 3, 7, 8]])  # id 3 = <pad>: zero embedding
+    prof = oversquash_profile(llama, toks, method="estimate", n_probes=4)
+    assert prof.beta[0, 2].item() == pytest.approx(llama.cfg.eps**0.5, rel=1e-6)
+    assert torch.isfinite(prof.bound).all()
 
 
 def test_layers_beta_and_views(gpt2):

@@ -27,6 +27,7 @@ from .facts import ln1_scale as ln1_scale
 from .facts import model_device as model_device
 from .facts import model_dtype as model_dtype
 from .facts import model_info as model_info
+from .facts import norm_eps as norm_eps
 from .facts import norm_params as norm_params
 from .facts import prepends_bos as prepends_bos
 from .facts import readable_weights as readable_weights

@@ -328,3 +328,9 @@ def unembed(
     """``(W_U, b_U)`` of the unembedding (detached; ``b_U`` None when absent)."""
     bias = getattr(model, "b_U", None)
     return model.W_U.detach(), bias.detach() if isinstance(bias, Tensor) else None
+
+
+def norm_eps(model: Any) -> float:
+    """The ε a TransformerLens norm adds under its square root (``cfg.eps``, 1e-5 by default)."""
+    eps = getattr(getattr(model, "cfg", None), "eps", None)
+    return float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else 1e-5

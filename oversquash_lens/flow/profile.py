@@ -233,8 +233,8 @@ def oversquash_profile(
         method, n_probes, seed, chunk_size: passed to :func:`token_sensitivity`.
         residual: the rollout's residual weight.
         beta: β of the bound: ``"residual"`` (default) uses, per layer and key position, the
-            divisor of the model's pre-attention norm — the std (LayerNorm) or RMS (RMSNorm) of
-            the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
+            divisor of the model's pre-attention norm — sqrt(var + ε) (LayerNorm) or
+            sqrt(mean square + ε) (RMSNorm) of the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
         layer: the depth shown by default (1..n_layers, -1 = the last).
         route_tau: None (default: the profile as before) or an edge threshold τ in ``[0, 1]``:
             add the column ``routes``, the per-source totals of :func:`information_flow`'s
@@ -259,7 +259,9 @@ def oversquash_profile(
         resid = torch.stack([store[_tl.resid_name(b)][0] for b in range(n_layers)]).double()
         if _tl.centres_before_norm(model):
             resid = resid - resid.mean(-1, keepdim=True)
-        beta = resid.square().mean(-1).sqrt().cpu()
+        # The norm divides by sqrt(mean(x²) + eps): with eps, a zero residual (e.g. a padding
+        # token whose embedding row is 0) gets the norm's own divisor, not β = 0.
+        beta = (resid.square().mean(-1) + _tl.norm_eps(model)).sqrt().cpu()
     rollout = attention_rollout(patterns, target=target, residual=residual)
     bound = oversquashing_bound(patterns, target=target, beta=beta)
     beta_used = resolve_beta(beta, n_layers, toks.shape[1]).clone()
