@@ -1,4 +1,5 @@
-"""Over-squashing profile of one prompt (docs/science.md §3, §5): causal path counts, attention rollout,
+"""Over-squashing profile of one prompt (docs/science.md §3, §5): causal path counts,
+attention rollout,
 the Theorem 5.1 bound and the measured Jacobian sensitivity of the last token, side by side.
 
     python examples/sensitivity_profile.py

@@ -1,4 +1,5 @@
-"""collapse_curve against independent references, and the collapse behaviours of docs/science.md §2."""
+"""collapse_curve against independent references, and the collapse behaviours of
+docs/science.md §2."""
 
 import contextlib
 import io

@@ -234,7 +234,8 @@ def oversquash_profile(
         residual: the rollout's residual weight.
         beta: β of the bound: ``"residual"`` (default) uses, per layer and key position, the
             divisor of the model's pre-attention norm — sqrt(var + ε) (LayerNorm) or
-            sqrt(mean square + ε) (RMSNorm) of the residual entering the block; or a float, ``[layer]`` or ``[layer, pos]`` values.
+            sqrt(mean square + ε) (RMSNorm) of the residual entering the block; or a float,
+            ``[layer]`` or ``[layer, pos]`` values.
         layer: the depth shown by default (1..n_layers, -1 = the last).
         route_tau: None (default: the profile as before) or an edge threshold τ in ``[0, 1]``:
             add the column ``routes``, the per-source totals of :func:`information_flow`'s
