@@ -24,8 +24,13 @@ def _cli_times(repeat: int = 3) -> None:
     commands = {
         "import oversquash_lens.cli": [str(exe), "-c", "import oversquash_lens.cli"],
         "oversquash-lens --help": [str(exe), "-m", "oversquash_lens.cli", "--help"],
-        "oversquash-lens report --help": [str(exe), "-m", "oversquash_lens.cli", "report",
-                                          "--help"],  # fmt: skip
+        "oversquash-lens report --help": [
+            str(exe),
+            "-m",
+            "oversquash_lens.cli",
+            "report",
+            "--help",
+        ],  # fmt: skip
     }
     for name, cmd in commands.items():
         times = []
@@ -39,8 +44,12 @@ def _cli_times(repeat: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="time the --quick page")
-    parser.add_argument("--model", action="append", default=None,
-                        help="model(s) to report on (default: the embedded one); twice compares")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model(s) to report on (default: the embedded one); twice compares",
+    )
     parser.add_argument("--output", default="out/bench_report.html")
     parser.add_argument("--cli", action="store_true", help="also time --help and the CLI import")
     args = parser.parse_args()

@@ -2,8 +2,9 @@
 ``models``.
 
 Arguments are parsed and checked before anything heavy is imported or any model is loaded:
-this module imports only the standard library and :mod:`oversquash_lens.report.config` at
-the top, so ``--help`` is fast (as fast as the package's own ``__init__`` allows). A bad
+this module imports only the standard library, :mod:`oversquash_lens._arguments` (the checks
+argparse cannot make) and :mod:`oversquash_lens.report.config` (the defaults) at the top, so
+``--help`` is fast (as fast as the package's own ``__init__`` allows). A bad
 argument — a negative length, an out-of-range target, a missing folder, a hub name with no
 internet — is one ``oversquash-lens <command>: error: ...`` line on stderr and exit status 2,
 never a traceback.
@@ -16,12 +17,12 @@ subcommands print a table, or JSON records with ``--json``.
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._arguments import ArgumentCheckError, check_lengths, check_model, check_target
 from .report import config as defaults
 
 __all__ = ["main", "build_parser"]
@@ -67,7 +68,7 @@ def _text(text: str) -> str:
     return text
 
 
-def _grid(values: Sequence[int]) -> str:
+def _grid(values: Sequence[Any]) -> str:
     return " ".join(map(str, values))
 
 
@@ -149,20 +150,7 @@ def _report_parser(sub: Any) -> None:
     rep.set_defaults(func=_cmd_report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (standard library only: building it imports nothing heavy)."""
-    parser = _Parser(
-        prog="oversquash-lens", formatter_class=_Formatter,
-        description="Measure over-squashing and representational collapse in a causal LM "
-        "(Barbero et al. 2024, 'Transformers need glasses!'). Offline by default: the embedded "
-        "SmolLM2-135M-Instruct, or any local Hugging Face folder.",
-    )  # fmt: skip
-    tables = _Parser(add_help=False)
-    tables.add_argument("--json", action="store_true", help="print JSON records, not a table")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)  # fmt: skip
-    _report_parser(sub)
-
+def _collapse_parser(sub: Any, tables: argparse.ArgumentParser) -> None:
     col = sub.add_parser(
         "collapse",
         parents=[_common(), tables],
@@ -177,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--all-layers", action="store_true", help="every layer, not only the last")
     col.set_defaults(func=_cmd_collapse)
 
+
+def _heads_parser(sub: Any, tables: argparse.ArgumentParser) -> None:
     hd = sub.add_parser(
         "heads",
         parents=[_common(), tables],
@@ -199,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--all", action="store_true", help="every head, not only flagged ones")
     hd.set_defaults(func=_cmd_heads)
 
+
+def _sensitivity_parser(sub: Any, tables: argparse.ArgumentParser) -> None:
     sens = sub.add_parser(
         "sensitivity",
         parents=[_common(), tables],
@@ -226,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_probes(sens)
     sens.set_defaults(func=_cmd_sensitivity)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (standard library only: building it imports nothing heavy)."""
+    parser = _Parser(
+        prog="oversquash-lens", formatter_class=_Formatter,
+        description="Measure over-squashing and representational collapse in a causal LM "
+        "(Barbero et al. 2024, 'Transformers need glasses!'). Offline by default: the embedded "
+        "SmolLM2-135M-Instruct, or any local Hugging Face folder.",
+    )  # fmt: skip
+    tables = _Parser(add_help=False)
+    tables.add_argument("--json", action="store_true", help="print JSON records, not a table")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)  # fmt: skip
+    _report_parser(sub)
+
+    _collapse_parser(sub, tables)
+    _heads_parser(sub, tables)
+    _sensitivity_parser(sub, tables)
     mod = sub.add_parser(
         "models",
         formatter_class=_Formatter,
@@ -233,112 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mod.set_defaults(func=_cmd_models)
     return parser
-
-
-# --- checks before loading -------------------------------------------------------------------
-
-
-class _ArgError(Exception):
-    """A bad argument found after parsing (printed as one line, exit 2)."""
-
-
-def _known_models() -> list[str]:
-    try:
-        from .models.registry import available_models
-
-        return list(available_models().index)
-    except Exception:  # pragma: no cover - registry missing
-        return ["smollm2-135m-instruct"]
-
-
-def _online(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers (a TCP connection, in a thread so DNS cannot hang us)."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", ""
-    ) not in ("", "0"):
-        return False
-    import socket
-    import threading
-
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            result.append(True)
-        except Exception:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
-def _hub_cached(name: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "config.json")
-    except Exception:
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
-def _check_model(source: str | None) -> Path | None:
-    """Reject a model argument that cannot load, before loading; return its folder when it is
-    known without loading (for the target check), else None."""
-    if source is None:
-        return _registry_folder("smollm2-135m-instruct")
-    if not source.strip():
-        raise _ArgError("--model '' is empty")
-    path = Path(source).expanduser()
-    if source.startswith((".", "/", "~")) or path.exists():
-        if not path.is_dir():
-            raise _ArgError(f"--model {source}: no such folder")
-        if not (path / "config.json").is_file():
-            raise _ArgError(f"--model {source}: not a Hugging Face model folder (no config.json)")
-        return path
-    from .models.registry import resolve_name
-
-    if resolve_name(source) is not None:
-        return _registry_folder(source)
-    cached = _hub_cached(source)
-    if cached is not None or _online():
-        return cached
-    raise _ArgError(
-        f"--model {source}: {source!r} is a Hugging Face hub name, and hub names need the "
-        "internet, which is not reachable here; offline, give a local folder (with a "
-        f"config.json) or one of the known real models: {', '.join(_known_models())}"
-    )
-
-
-def _registry_folder(name: str) -> Path | None:
-    try:
-        from .models.registry import available_models, resolve_name
-
-        folder = available_models().loc[resolve_name(name), "cache_folder"]
-    except Exception:
-        return None
-    return Path(folder) if isinstance(folder, str) else None
-
-
-def _check_target(target: int, prompt: str, folder: Path | None) -> None:
-    """``--target`` against the prompt's token count, read with the folder's tokenizer (at
-    most one more position: a BOS token may be prepended)."""
-    if folder is None:
-        return
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        n = len(tok(prompt)["input_ids"]) + 1
-    except Exception:  # no tokenizer here: the model checks the target itself
-        return
-    if not -n <= target < n:
-        raise _ArgError(
-            f"--target {target}: the prompt has at most {n} tokens (positions {-n}..{n - 1})"
-        )
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -371,12 +275,14 @@ def _json_scalar(value: Any) -> Any:
 def _cmd_report(args: argparse.Namespace) -> int:
     sources = args.model or [None]
     if len(sources) > 2:
-        raise _ArgError(f"--model given {len(sources)} times: the report compares one or two")
+        raise ArgumentCheckError(
+            f"--model given {len(sources)} times: the report compares one or two"
+        )
     output = Path(args.output)
     if output.is_dir():
-        raise _ArgError(f"--output {args.output}: is a folder; give an .html file name")
+        raise ArgumentCheckError(f"--output {args.output}: is a folder; give an .html file name")
     for source in sources:
-        _check_model(source)
+        check_lengths(args.lengths, check_model(source))
     from .report import ReportConfig, build_report
     from .report.names import display_name
 
@@ -400,7 +306,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_collapse(args: argparse.Namespace) -> int:
-    _check_model(args.model)
+    check_lengths(args.lengths, check_model(args.model))
     from .collapse import collapse_curve
     from .report.measure import fitting_lengths
 
@@ -425,7 +331,7 @@ def _cmd_collapse(args: argparse.Namespace) -> int:
 
 
 def _cmd_heads(args: argparse.Namespace) -> int:
-    _check_model(args.model)
+    check_model(args.model)
     from .heads import classify_heads
 
     ablation = args.ablation and not args.no_ablation
@@ -436,8 +342,8 @@ def _cmd_heads(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    folder = _check_model(args.model)
-    _check_target(args.target, args.prompt, folder)
+    folder = check_model(args.model)
+    check_target(args.target, args.prompt, folder)
     from .flow import token_sensitivity
 
     sens = token_sensitivity(_load(args.model, args.dtype), args.prompt, target=args.target,
@@ -467,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"{parser.prog} {args.command}"
     try:
         return args.func(args)
-    except _ArgError as exc:
+    except ArgumentCheckError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

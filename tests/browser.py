@@ -108,8 +108,9 @@ def inspect_page(
     width: int = 1200,
 ) -> dict[str, Any]:
     """Load ``path`` offline and return ``errors``, ``external``, ``text``, ``value`` (of
-    ``evaluate``), ``ink`` ({selector: [{"ink": ..., "colour": ...} per matching element]}, see ``_INK``) and
-    ``sections`` (the PNG written per ``<h2>`` section into ``sections_dir``, if given)."""
+    ``evaluate``), ``ink`` ({selector: [{"ink": ..., "colour": ...} per matching element]},
+    see ``_INK``) and ``sections`` (the PNG written per ``<h2>`` section into
+    ``sections_dir``, if given)."""
     with _page(path, wait_ms=wait_ms, width=width) as (context, page, errors, external):
         shots: dict[str, list[bytes]] = {}
         for selector in selectors:
@@ -120,9 +121,12 @@ def inspect_page(
         sections = []
         if sections_dir is not None:
             sections_dir.mkdir(parents=True, exist_ok=True)
+            page.evaluate("window.scrollTo(0, 0)")
+            total = page.evaluate("document.documentElement.scrollHeight")
             for i, s in enumerate(page.evaluate(_SECTIONS)):
                 out = sections_dir / f"{i:02d}_{s['id']}.png"
-                clip = {"x": 0, "y": s["top"], "width": width, "height": max(1, s["height"])}
+                height = max(1, min(s["height"], total - s["top"] - 1))
+                clip = {"x": 0, "y": s["top"], "width": width, "height": height}
                 page.screenshot(path=str(out), full_page=True, clip=clip)
                 sections.append(out)
         text = page.inner_text("body")

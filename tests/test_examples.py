@@ -140,9 +140,9 @@ def check_sensitivity_profile(out: str, n_layers: int) -> None:
     assert all(0 <= r <= 1 for r in rollout) and math.isclose(sum(rollout), 1, abs_tol=1e-2)
     assert all(b > 0 for b in bound) and all(s > 0 for s in sens)
     corr = block(out, "Spearman correlation")
-    assert corr[0].split() == ["log_paths", "log_paths_residual", "rollout", "bound", "sensitivity"]
+    assert corr[0].split() == ["log_paths", "rollout", "bound", "sensitivity"]
     matrix = [numbers(line) for line in corr[1:]]
-    assert len(matrix) == 5 and all(math.isclose(matrix[i][i], 1) for i in range(5))
+    assert len(matrix) == 4 and all(math.isclose(matrix[i][i], 1) for i in range(4))
     assert all(-1 <= v <= 1 for row in matrix for v in row)
     share = re.search(r"first (\d+) tokens: ([\d.]+)% \(even spread ([\d.]+)%\)", out)
     assert share and 0 < float(share.group(2)) <= 100

@@ -15,11 +15,14 @@ torch), :mod:`.names` (display names), :mod:`.measure` (the measurements), :mod:
 DEFAULT_TEXT`` stays light.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_COPY_PROMPT as DEFAULT_COPY_PROMPT
 from .config import DEFAULT_TEXT as DEFAULT_TEXT
 from .config import ReportConfig as ReportConfig
+
+if TYPE_CHECKING:
+    from .build import build_report as build_report
 
 __all__ = ["ReportConfig", "build_report", "DEFAULT_TEXT", "DEFAULT_COPY_PROMPT"]
 

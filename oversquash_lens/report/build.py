@@ -71,22 +71,21 @@ def build_report(
     total = len(chosen) * (len(STEPS) + 1) + 1
     bar = tqdm(total=total, desc="report", disable=not progress, leave=True)
     runs: list[ModelRun] = []
-    shown = list(names) if names is not None else [None] * len(chosen)
+    given: list[str | None] = list(names) if names is not None else [None] * len(chosen)
     try:
         for i, m in enumerate(chosen):
-            label = shown[i] or display_name(m)
+            label: str = given[i] or display_name(m)
             bar.set_description(f"report [{label}]: load model")
             t0 = time.perf_counter()
             loaded = load_model() if m is None else m
             load_seconds = time.perf_counter() - t0
-            shown[i] = shown[i] or display_name(m)
             bar.update(1)
 
             def step(name: str, label: str = label) -> None:
                 bar.set_description(f"report [{label}]: {name}")
                 bar.update(1)
 
-            run = measure_model(loaded, shown[i], config, step, progress=progress)
+            run = measure_model(loaded, label, config, step, progress=progress)
             if m is None:
                 run.timings = {"load model": load_seconds, **run.timings}
             bar.update(len(STEPS) - sum(1 for s in STEPS if s in run.timings))

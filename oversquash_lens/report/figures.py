@@ -76,7 +76,7 @@ def collapse_figure(runs: Sequence[Any], task: str) -> go.Figure:
             )  # fmt: skip
         for precision, e in near.items():
             fig.add_hline(y=e, line_dash="dash", line_color=_COLOURS.get(precision, "grey"),
-                          line_width=1, opacity=0.6, row=1, col=col)  # fmt: skip
+                          line_width=1, opacity=0.6, row=1, col=col)  # type: ignore[arg-type]  # fmt: skip
             fig.add_annotation(
                 x=1, xref=f"x{col if col > 1 else ''} domain", y=math.log10(e),
                 yref=f"y{col if col > 1 else ''}", xanchor="right", yanchor="bottom",
@@ -187,7 +187,7 @@ def profile_figure(runs: Sequence[Any], frames: Sequence[Any]) -> go.Figure:
     titles = [f"{r.name}: {m}" for m in measures for r in runs]
     fig = make_subplots(rows=len(measures), cols=len(runs), subplot_titles=titles,
                         shared_xaxes=True, vertical_spacing=0.05)  # fmt: skip
-    for col, (run, frame) in enumerate(zip(runs, frames), start=1):
+    for col, frame in enumerate(frames, start=1):
         for row, name in enumerate(measures, start=1):
             if name not in frame:
                 continue

@@ -37,7 +37,7 @@ class Finding:
     topic: str
     html: str
     section: str
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[Any, Any] = field(default_factory=dict)
 
 
 def _g(x: float) -> str:
@@ -114,10 +114,10 @@ def _separator_finding(run: Any) -> Finding:
             _crossings(plain, precision, "rounded"),
             _crossings(sep, precision, "rounded"),
         )
-        show = {c: (before[c], after[c]) for c in before}
+        arrows = {c: f"{_n(before[c])} → {_n(after[c])}" for c in before}
         changes.append(
-            f"{precision} <b>collapsed</b> {_n(show['collapsed'][0])} → {_n(show['collapsed'][1])}, "
-            f"<b>identical</b> {_n(show['identical'][0])} → {_n(show['identical'][1])}"
+            f"{precision} <b>collapsed</b> {arrows['collapsed']}, "
+            f"<b>identical</b> {arrows['identical']}"
         )
     text = (
         f"Separators (a comma every 3rd item) change the last-layer gap at n = {int(a.length)} "
@@ -138,7 +138,7 @@ def _head(row: Any) -> str:
 def sink_finding(run: Any) -> Finding:
     frame = run.heads.to_dataframe()
     total = len(frame)
-    values: dict[str, Any] = {"heads": total}
+    values: dict[Any, Any] = {"heads": total}
     parts = []
     for eps in SINK_EPS:
         sinks = frame[frame["first_mass"] > eps]

@@ -204,7 +204,7 @@ def _extreme_heads(run: Any, limit: int) -> tuple[list[tuple[int, int]], list[st
     one circuitsvis zooms on load)."""
     frame = run.heads.to_dataframe()
     kinds = [*KINDS[:2], ("strongest sink", "first_mass", False), *KINDS[2:]]
-    chosen: dict[tuple[int, int], list[str]] = {}
+    chosen: dict[tuple[int, int], list[tuple[str, str]]] = {}
     for label, score, ascending in kinds:
         valid = frame[frame[score].notna()]
         if not len(valid):
