@@ -142,3 +142,24 @@ def test_read_only_patterns_are_refused():
             with adaptive_temperature(model):
                 pass
     assert_unchanged(model, snap)
+
+
+def test_adaptive_pattern_has_finite_gradients_through_masked_zeros():
+    """Masked (zero) weights must not turn the backward pass into NaN (token_sensitivity runs
+    through this hook)."""
+    p = torch.tensor([[1.0, 0, 0], [0.3, 0.7, 0], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    p.requires_grad_(True)
+    glasses.adaptive_pattern(p, threshold=0.0).sum().backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_bad_coefficients_and_threshold_name_the_value(llama):
+    from .conftest import without_runtime_type_checks
+
+    for kwargs, match in (({"coefficients": [float("nan")]}, "nan"),
+                          ({"threshold": float("inf")}, "threshold=inf"),
+                          ({"coefficients": "abc"}, "coefficients='abc'"),
+                          ({"layers": [99]}, "99")):  # fmt: skip
+        with without_runtime_type_checks(), pytest.raises(OversquashError, match=match):
+            with adaptive_temperature(llama, **kwargs):
+                pass

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import _tl
+from .. import _tl, _validate
 from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError
 
@@ -41,7 +41,7 @@ COEFFICIENTS = (-0.037, 0.481, -2.3, 4.917, -1.791)
 
 
 def _entropy(p: Tensor, dim: int) -> Tensor:
-    logp = torch.where(p > 0, p.log(), torch.zeros_like(p))
+    logp = torch.where(p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.zeros_like(p))
     return -(p * logp).sum(dim)
 
 
@@ -84,7 +84,9 @@ def adaptive_pattern(
     which equals :func:`adaptive_softmax` of the scores (masked zeros stay exactly 0)."""
     p = pattern.double()
     beta = _beta_from_entropy(_entropy(p, -1), threshold, coefficients)
-    logp = torch.where(p > 0, p.log(), torch.full_like(p, float("-inf")))
+    logp = torch.where(
+        p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.full_like(p, float("-inf"))
+    )
     return torch.softmax(beta.unsqueeze(-1) * logp, dim=-1).to(pattern.dtype)
 
 
@@ -103,27 +105,24 @@ def adaptive_temperature(
     Raises :class:`UnsupportedModelError` for a model whose ``hook_pattern`` edits do not reach
     its output (checked with a 3-token probe), instead of silently changing nothing."""
     info = _tl.require_attention(model)
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if layers is not None and not isinstance(layers, Iterable):
-        raise InvalidArgumentError(f"layers={layers!r} must be None, a block index or a list")
-    blocks = range(info.n_layers) if layers is None else list(layers)
-    for b in blocks:
-        if isinstance(b, bool) or not isinstance(b, int) or not -info.n_layers <= b < info.n_layers:
-            raise InvalidArgumentError(f"layers contains {b!r}, not a block of {info.n_layers}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise InvalidArgumentError(f"threshold={threshold!r} must be a number (an entropy)")
-    if not isinstance(coefficients, Sequence) or not all(
-        isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefficients
-    ):
-        raise InvalidArgumentError(f"coefficients={coefficients!r} must be a list of numbers")
-    if len(coefficients) == 0:
-        raise InvalidArgumentError("coefficients=() must hold at least one number")
+    blocks = _validate.block_indices(layers, info.n_layers)
+    threshold = _validate.number(threshold, "threshold", minimum=0.0)  # an entropy (nats)
+    coefficients = _check_coefficients(coefficients)
 
     def hook(pattern: Tensor, hook: Any) -> Tensor:
         return adaptive_pattern(pattern, threshold=threshold, coefficients=coefficients)
 
     _tl.check_pattern_edits_reach_output(model)
-    names = [_tl.pattern_name(b % info.n_layers) for b in blocks]
+    names = [_tl.pattern_name(b) for b in blocks]
     with model.hooks(fwd_hooks=[(n, hook) for n in names]):
         yield model
+
+
+def _check_coefficients(coefficients: Any) -> tuple[float, ...]:
+    """The polynomial's coefficients as finite floats (NaN or inf would give NaN logits)."""
+    if isinstance(coefficients, (str, bytes)) or not isinstance(coefficients, Iterable):
+        raise InvalidArgumentError(f"coefficients={coefficients!r} must be a list of numbers")
+    out = tuple(_validate.number(c, "coefficients item") for c in coefficients)
+    if not out:
+        raise InvalidArgumentError("coefficients=() must hold at least one number")
+    return out
