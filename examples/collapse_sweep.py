@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ncrossing length (smallest n from which the pair stays collapsed):")
     for precision in curve.precisions:
         for mode in ["rounded"] + (["native"] if precision in curve.native else []):
-            n = curve.crossing_length(precision, layer, mode=mode)
+            n = curve.crossing_length(precision, layer, mode=mode, criterion="collapsed")
             where = f"n = {n}" if n is not None else f"none up to n = {max(lengths)}"
             print(f"  {precision:>9} {mode:>7} (eps {resolution(precision):.2g}): {where}")
     collapsed = frame.groupby(["precision", "mode", "length"])["collapsed"].sum().unstack("length")

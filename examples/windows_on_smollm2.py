@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in PRECISIONS:
             crossings.append(
                 {"glasses": name, "precision": p, "eps": resolution(p),
-                 "crossing (rel gap < eps)": curve.crossing_length(p),
+                 "crossing (rel gap < eps)": curve.crossing_length(p, criterion="collapsed"),
                  "crossing (bit-identical)": curve.crossing_length(p, criterion="identical")}
             )  # fmt: skip
         print(f"collapse curve with {name}: {time.perf_counter() - t:.0f} s")

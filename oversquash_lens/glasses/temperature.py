@@ -122,7 +122,12 @@ def _check_coefficients(coefficients: Any) -> tuple[float, ...]:
     """The polynomial's coefficients as finite floats (NaN or inf would give NaN logits)."""
     if isinstance(coefficients, (str, bytes)) or not isinstance(coefficients, Iterable):
         raise InvalidArgumentError(f"coefficients={coefficients!r} must be a list of numbers")
-    out = tuple(_validate.number(c, "coefficients item") for c in coefficients)
+    try:
+        out = tuple(_validate.number(c, "coefficient") for c in coefficients)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(
+            f"coefficients={_validate.short(coefficients)} must be finite numbers ({exc})"
+        ) from None
     if not out:
         raise InvalidArgumentError("coefficients=() must hold at least one number")
     return out
