@@ -384,3 +384,26 @@ def test_attention_windows_local_layers_without_a_window_is_an_error():
     model = SimpleNamespace(cfg=SimpleNamespace(n_layers=2, layer_types=["sliding_attention"] * 2))
     with pytest.raises(osl.UnsupportedModelError, match="no sliding_window"):
         _tl.attention_windows(model)
+
+
+def test_broken_folders_and_devices_are_model_load_errors(tmp_path):
+    """Every way a folder or device can be unusable is a ModelLoadError naming it."""
+    from oversquash_lens import ModelLoadError, load_model, testing
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text('{"model_type": "nosuchmodel"}')
+    truncated = testing.save_tiny_model("llama", tmp_path / "trunc")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    for folder in (empty, unknown, truncated):
+        with pytest.raises(ModelLoadError, match=str(folder.name)):
+            load_model(str(folder))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="cuda:99"):
+            load_model(str(truncated), device="cuda:99")

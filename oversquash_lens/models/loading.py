@@ -60,12 +60,7 @@ def load_model(
     TransformerBridge = _tl.bridge_class()
     torch_dtype = _validate.resolve_dtype(dtype) or torch.float32
     if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise InvalidArgumentError(
-                f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
-            ) from None
+        _check_device(device)
     dispatch = _dispatch_kwargs(
         TransformerBridge.boot_transformers, device, device_map, max_memory, offload_folder
     )
@@ -78,12 +73,20 @@ def load_model(
     except OSError as exc:
         raise ModelLoadError(f"could not load {folder!r}: {exc}") from exc
     except ValueError as exc:
-        if not dispatch:
-            raise
-        raise InvalidArgumentError(
-            f"device_map={device_map!r} / max_memory={max_memory!r} rejected while loading "
-            f"{folder!r}: {exc}"
-        ) from exc
+        if dispatch:
+            raise InvalidArgumentError(
+                f"device_map={device_map!r} / max_memory={max_memory!r} rejected while loading "
+                f"{folder!r}: {exc}"
+            ) from exc
+        raise ModelLoadError(_load_failure(folder, exc)) from exc
+    except (KeyError, RuntimeError, TypeError, AssertionError, ImportError) as exc:
+        # e.g. a truncated safetensors file (SafetensorError is a plain Exception subclass
+        # below), an architecture TransformerLens has no adapter for, a broken config
+        raise ModelLoadError(_load_failure(folder, exc)) from exc
+    except Exception as exc:  # safetensors' SafetensorError and other loader-specific errors
+        if type(exc).__module__.split(".")[0] in ("safetensors", "transformers", "huggingface_hub"):
+            raise ModelLoadError(_load_failure(folder, exc)) from exc
+        raise
     if dispatch and str(getattr(model.cfg, "device", "")) == "meta":
         # Every weight offloaded: TransformerLens reads cfg.device from the (meta) embedding,
         # so ``to_tokens`` would put tokens on meta; use the dispatcher's execution device.
@@ -174,3 +177,32 @@ def _dispatch_kwargs(
             "upgrade to transformer-lens >= 4.3"
         )
     return kwargs
+
+
+def _check_device(device: Any) -> None:
+    """A device string torch understands and this machine has (``cuda:99`` on a CPU build
+    would otherwise fail deep inside torch with an AssertionError)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(
+            f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:0', 'mps')"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ModelLoadError(
+                f"device={device!r}: this machine has {count} CUDA device(s)"
+                + ("" if count else " (or torch was built without CUDA)")
+                + "; use device='cpu'"
+            )
+
+
+def _load_failure(folder: Any, exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return (
+        f"could not load the model in {str(folder)!r} ({type(exc).__name__}: {first}); check that "
+        "the folder holds a complete Hugging Face causal-LM checkpoint (config.json with a "
+        "model_type transformers knows, the weights, a tokenizer), e.g. re-save it with "
+        "save_pretrained"
+    )
