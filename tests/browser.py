@@ -121,14 +121,18 @@ def inspect_page(
         sections = []
         if sections_dir is not None:
             sections_dir.mkdir(parents=True, exist_ok=True)
-            page.evaluate("window.scrollTo(0, 0)")
-            total = page.evaluate("document.documentElement.scrollHeight")
+            # One viewport per section, scrolled to it: full-page captures stop at Chromium's
+            # largest texture (~16k px), which a two-model page exceeds.
             for i, s in enumerate(page.evaluate(_SECTIONS)):
                 out = sections_dir / f"{i:02d}_{s['id']}.png"
-                height = max(1, min(s["height"], total - s["top"] - 1))
-                clip = {"x": 0, "y": s["top"], "width": width, "height": height}
-                page.screenshot(path=str(out), full_page=True, clip=clip)
+                height = int(min(max(1, s["height"]), 15000))
+                page.set_viewport_size({"width": width, "height": height})
+                scrolled = page.evaluate(f"window.scrollTo(0, {s['top']}); window.scrollY")
+                y = max(0.0, s["top"] - scrolled)
+                clip = {"x": 0, "y": y, "width": width, "height": max(1, height - y)}
+                page.screenshot(path=str(out), clip=clip)
                 sections.append(out)
+            page.set_viewport_size({"width": width, "height": 900})
         text = page.inner_text("body")
         value = page.evaluate(evaluate)
         blank = context.new_page()

@@ -191,7 +191,7 @@ def test_report_on_tiny_model(tiny_folder, tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     text = out.read_text()
     for section in ("Findings", "Representational collapse", "Over-squashing profile",
-                    "Attention heads", "crossing lengths", "Timings"):  # fmt: skip
+                    "Attention heads", "Crossing lengths", "Timings"):  # fmt: skip
         assert section in text
     assert "<title>oversquash_lens: tiny" in text  # the folder's name, not its path
     assert tiny_folder not in text.split("<body>")[0]

@@ -305,3 +305,12 @@ def test_report_in_chromium_two_models(tiny_pair, tmp_path):
                         names=["Tiny Llama", "Tiny Gemma"], progress=False)  # fmt: skip
     page = _check_page(path, tmp_path, 2)
     assert "Tiny Gemma" in page["text"]
+
+
+def test_window_note():
+    from oversquash_lens.report.page import _window_note
+
+    run = SimpleNamespace(name="g", windows=(512, None), profile=SimpleNamespace(tokens=[0] * 77))
+    assert "equal the full ones" in _window_note(run)
+    run.windows = (16, None)
+    assert "assume full attention" in _window_note(run)

@@ -91,8 +91,10 @@ def collapse_figure(runs: Sequence[Any], task: str) -> go.Figure:
         if far:
             notes.append(f"{run.name}: resolution of {', '.join(far)} lies far below the data "
                          "(not drawn)")  # fmt: skip
-    fig.add_scatter(x=[None], y=[None], mode="markers", name="✕ bit-identical (gap 0, drawn "
-                    "at the floor)", marker={"symbol": "x", "color": "black"})  # fmt: skip
+    curves = [r.curves[task] for r in runs]
+    if any(bool(c.frame.loc[c.frame["layer"] == c.n_layers, "identical"].any()) for c in curves):
+        fig.add_scatter(x=[None], y=[None], mode="markers", name="bit-identical (gap 0, drawn "
+                        "at the floor)", marker={"symbol": "x", "color": "black"})  # fmt: skip
     fig.update_layout(
         height=420, legend={"orientation": "h", "y": -0.22}, margin={"t": 60},
         title={"text": "; ".join(notes), "font": {"size": 11}} if notes else None,
@@ -106,7 +108,7 @@ def gap_heatmap(runs: Sequence[Any], task: str = "repeat") -> go.Figure:
     precisions = list(runs[0].curves[task].precisions)
     titles = [f"{r.name}: {p}" for r in runs for p in precisions]
     fig = make_subplots(rows=len(runs), cols=len(precisions), subplot_titles=titles,
-                        horizontal_spacing=0.06, vertical_spacing=0.12)  # fmt: skip
+                        horizontal_spacing=0.06, vertical_spacing=0.16)  # fmt: skip
     for row, run in enumerate(runs, start=1):
         curve = run.curves[task]
         for col, precision in enumerate(precisions, start=1):
@@ -127,7 +129,8 @@ def gap_heatmap(runs: Sequence[Any], task: str = "repeat") -> go.Figure:
                 hovertemplate="n=%{x} layer %{y}<br>log10(gap/eps) %{z:.2f} %{text}<extra></extra>",
                 row=row, col=col,
             )  # fmt: skip
-            fig.update_xaxes(title_text="n", type="category", row=row, col=col)
+            fig.update_xaxes(title_text="n" if row == len(runs) else None, type="category",
+                             row=row, col=col)  # fmt: skip
             fig.update_yaxes(title_text="layer" if col == 1 else None, row=row, col=col)
     fig.update_layout(
         height=320 * len(runs), plot_bgcolor="#bbbbbb",
@@ -141,7 +144,7 @@ def head_heatmaps(runs: Sequence[Any]) -> go.Figure:
     """Block × head heat maps of every score in :data:`HEAD_SCORES` (columns), one row per
     model, each score with its own colour bar below its column."""
     cols = len(HEAD_SCORES)
-    titles = [f"{r.name}: {s[0]}" if len(runs) > 1 else s[0] for r in runs for s in HEAD_SCORES]
+    titles = [s[0] if row == 0 else "" for row in range(len(runs)) for s in HEAD_SCORES]
     fig = make_subplots(rows=len(runs), cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08)  # fmt: skip
     for row, run in enumerate(runs, start=1):
@@ -163,7 +166,8 @@ def head_heatmaps(runs: Sequence[Any]) -> go.Figure:
                 row=row, col=col,
             )  # fmt: skip
             fig.update_xaxes(dtick=1 if n_heads <= 12 else None, row=row, col=col)
-            fig.update_yaxes(title_text="block" if col == 1 else None, autorange="reversed",
+            block = f"{run.name}: block" if len(runs) > 1 else "block"
+            fig.update_yaxes(title_text=block if col == 1 else None, autorange="reversed",
                              dtick=1 if n_layers <= 12 else None, row=row, col=col)  # fmt: skip
     layers = sum(max(8, r.heads.n_layers) for r in runs)
     fig.update_layout(height=14 * layers + 110 * len(runs) + 90, margin={"t": 40, "b": 100},

@@ -54,6 +54,7 @@ class ModelRun:
     head_tokens: list[str] = field(default_factory=list)
     patterns: Tensor | None = None
     routes_note: str = ""
+    windows: tuple[int | None, ...] = ()  # per block: sliding window, None = global
     agreement: Any = None  # OversquashProfile.agreement(), filled by the findings
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -227,6 +228,7 @@ def measure_model(
         lengths = fitting_lengths(model, lengths, info.n_ctx)
     run = ModelRun(name, info, _facts(model, info, name), lengths, [])
     run.skipped = [n for n in config.lengths if n not in lengths]
+    run.windows = tuple(_tl.attention_windows(model))
 
     def timed(label: str, fn: Callable[[], Any]) -> Any:
         step(label)

@@ -121,7 +121,7 @@ def collapse_section(runs: Sequence[Any]) -> list[Any]:
         "emulated and fp8 cannot run, so those are rounded only)." + skipped
     )
     items: list[Any] = [_h2("collapse", "Representational collapse", note)]
-    tables = [frame_html(f"{r.name}: crossing lengths, last layer",
+    tables = [frame_html(f"Crossing lengths, last layer: {r.name}",
                          _crossing_table(r).set_index(["task", "precision", "mode"]))
               for r in runs]  # fmt: skip
     items.append(_cols(tables))
@@ -171,13 +171,28 @@ def profile_section(runs: Sequence[Any]) -> list[Any]:
                        agreement(r).set_index("predictor"))
             for r in runs]  # fmt: skip
     items.append(_cols(corr))
-    notes = [f"{r.name}: {r.routes_note}" for r in runs if r.routes_note]
+    notes = [f"{r.name}: {r.routes_note}." for r in runs if r.routes_note]
+    notes += [_window_note(r) for r in runs if any(w is not None for w in r.windows)]
     if notes:
         items.append("<p class='note'>" + html.escape(" ".join(notes)) + "</p>")
     links = [_csv_link(f, f"profile-{_slug(r.name)}.csv", f"{r.name} profile")
              for r, f in zip(runs, frames)]  # fmt: skip
     items.append("<p>" + "".join(links) + "</p>")
     return items
+
+
+def _window_note(run: Any) -> str:
+    """Path counts assume full causal attention; say whether sliding windows change them."""
+    n = len(run.profile.tokens)
+    smallest = min(w for w in run.windows if w is not None)
+    if smallest >= n:
+        return (
+            f"{run.name}: its sliding windows (≥ {smallest} keys) are longer than the {n}-token "
+            "prompt, so windowed path counts equal the full ones shown."
+        )
+    return (f"{run.name}: sliding windows of {smallest} keys are shorter than the {n}-token "
+            "prompt; the path counts shown assume full attention (per-layer windowed counts "
+            "are not drawn).")  # fmt: skip
 
 
 def _ranked(run: Any, top_k: int) -> str:
@@ -229,7 +244,7 @@ def heads_section(runs: Sequence[Any], config: Any) -> list[Any]:
     items: list[Any] = [_h2("heads", "Attention heads", note)]
     items.append(figures.head_heatmaps(runs))
     items.append(f"<h3>Top {config.top_k} heads of each kind</h3>")
-    items.append(_cols([_ranked(r, config.top_k) for r in runs]))
+    items.extend(_ranked(r, config.top_k) for r in runs)  # stacked: the tables are wide
     links = [_csv_link(r.heads.to_dataframe(), f"heads-{_slug(r.name)}.csv",
                        f"{r.name}: every head") for r in runs]  # fmt: skip
     items.append("<p>" + "".join(links) + "</p>")
