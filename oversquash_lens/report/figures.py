@@ -140,6 +140,20 @@ def gap_heatmap(runs: Sequence[Any], task: str = "repeat") -> go.Figure:
     return fig
 
 
+def _score_grids(run: Any) -> dict[str, np.ndarray]:
+    """Each score of :data:`HEAD_SCORES` as a block × head grid (log10 where marked)."""
+    frame = run.heads.to_dataframe()
+    shape = (run.heads.n_layers, run.heads.n_heads)
+    out = {}
+    for score, _, _, _, log in HEAD_SCORES:
+        grid = frame[score].to_numpy(dtype=float).reshape(shape)
+        if log:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grid = np.log10(np.where(grid > 0, grid, np.nan))
+        out[score] = grid
+    return out
+
+
 def head_heatmaps(runs: Sequence[Any]) -> go.Figure:
     """Block × head heat maps of every score in :data:`HEAD_SCORES` (columns), one row per
     model, each score with its own colour bar below its column."""
@@ -147,15 +161,18 @@ def head_heatmaps(runs: Sequence[Any]) -> go.Figure:
     titles = [s[0] if row == 0 else "" for row in range(len(runs)) for s in HEAD_SCORES]
     fig = make_subplots(rows=len(runs), cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.08)  # fmt: skip
-    for row, run in enumerate(runs, start=1):
-        frame = run.heads.to_dataframe()
+    grids = [_score_grids(run) for run in runs]
+    ranges = {}  # one colour range per score across the models (one colour bar)
+    for score, _, zmin, zmax, _ in HEAD_SCORES:
+        values = np.concatenate([g[score].ravel() for g in grids])
+        values = values[np.isfinite(values)]
+        auto = (float(values.min()), float(values.max())) if len(values) else (None, None)
+        ranges[score] = (auto[0] if zmin is None else zmin, auto[1] if zmax is None else zmax)
+    for row, (run, grid_of) in enumerate(zip(runs, grids), start=1):
         n_layers, n_heads = run.heads.n_layers, run.heads.n_heads
-        for col, (score, scale, zmin, zmax, log) in enumerate(HEAD_SCORES, start=1):
+        for col, (score, scale, _, _, log) in enumerate(HEAD_SCORES, start=1):
             label = f"log10 {score}" if log else score
-            grid = frame[score].to_numpy(dtype=float).reshape(n_layers, n_heads)
-            if log:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    grid = np.log10(np.where(grid > 0, grid, np.nan))
+            grid, (zmin, zmax) = grid_of[score], ranges[score]
             centre = (col - 0.5) / cols
             fig.add_heatmap(
                 z=grid, colorscale=scale, zmin=zmin, zmax=zmax, showscale=row == len(runs),
