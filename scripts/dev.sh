@@ -73,7 +73,7 @@ case "$cmd" in
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     log "pyright (type checker, basic mode, pinned in pyproject.toml)"
-    .venv/bin/pyright
+    PYRIGHT_PYTHON_IGNORE_WARNINGS=1 .venv/bin/pyright
     log "test suite (transformer-lens 4.x, TransformerBridge)"
     .venv/bin/python -m pytest -q "$@"
     log "tutorial notebooks (nbmake, quick mode)"
