@@ -12,7 +12,7 @@ from oversquash_lens import (
     attention_rollout_from_model,
     oversquashing_bound,
 )
-from oversquash_lens.flow import rollout
+from oversquash_lens.flow import _streaming, rollout
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -73,7 +73,7 @@ def test_rollout_equals_full_matrix_product(residual, target):
 
 def test_rollout_large_and_blocked(monkeypatch):
     """Many query blocks and the triangular column-block products (n > 2 * _TRIL_BLOCK)."""
-    monkeypatch.setattr(rollout, "_BLOCK_BYTES", 800_000)  # 4 query blocks per layer
+    monkeypatch.setattr(_streaming, "_BLOCK_BYTES", 800_000)  # 4 query blocks per layer
     p = _random_patterns(layers=3, heads=2, n=600, seed=3, dtype=torch.float32)
     for target in (-1, 550):
         ref = _reference_rollout(p, target)
@@ -242,7 +242,7 @@ def test_blocked_head_sum_and_checks(monkeypatch, block_bytes):
     stay in cache); with many small blocks the results and every error location are the
     same as the reference, wherever in the blocks the bad entry sits."""
     p = _random_patterns(layers=2, heads=3, n=40, seed=5)
-    monkeypatch.setattr(rollout, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_streaming, "_BLOCK_BYTES", block_bytes)
     torch.testing.assert_close(attention_rollout(p), _reference_rollout(p, -1), rtol=0, atol=1e-12)
     for q, k in [(0, 1), (6, 7), (13, 39), (20, 21), (34, 38)]:  # square, rectangle, last block
         bad = p.clone()

@@ -17,8 +17,7 @@ those full matrices ``[layer, query, key]`` when every row is wanted, and
 flow, :mod:`.attention_flow`).
 """
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,6 +28,15 @@ from torch import Tensor
 from .. import _tl, _validate
 from ..errors import InvalidArgumentError, InvalidPatternError
 from ..glasses import Intervention, applied
+from ._streaming import (
+    _bound_apply,
+    _factor,
+    _full_rollout,
+    _Layer,
+    _layers,
+    _rollout_apply,
+    _target_rows,
+)
 
 __all__ = [
     "attention_rollout",
@@ -37,10 +45,6 @@ __all__ = [
     "rollout_matrices",
 ]
 
-#: Bytes of one query block of patterns (all heads) summed over heads at once.
-_BLOCK_BYTES = 8 << 20
-#: Column block of the triangular vector-matrix products.
-_TRIL_BLOCK = 256
 
 Patterns = (
     Float[Tensor, "layer head_index query_pos key_pos"] | Float[Tensor, "layer query_pos key_pos"]
@@ -283,191 +287,3 @@ def _short(t: Tensor) -> str:
 
 
 # --------------------------------------------------------------------------- core
-@dataclass(frozen=True)
-class _Layer:
-    """One layer's matrices ``[group, m, m]`` — the head *sum* (group 1, ``scale = 1/head``),
-    or every head (group = head, ``scale = 1``) — and the row sums ``[group, m]`` of
-    ``scale · matrix``."""
-
-    index: int
-    matrix: Tensor  # lower-triangular; multiply by ``scale`` to get the mean / the head
-    row_sums: Tensor  # of the mean (or of each head), i.e. already scaled
-    scale: float
-
-
-def _target_rows(
-    pats: Tensor,
-    t: int,
-    make_step: Callable[[_Layer], Callable[[Tensor], Tensor]],
-    *,
-    dtype: torch.dtype,
-    per_head: bool,
-) -> Tensor:
-    """``out[ℓ] = e_t · X_ℓ ⋯ X_0`` for ℓ = 0..L−1, each layer's X built (and validated) once."""
-    n_layers, n_heads, n = pats.shape[0], pats.shape[1], pats.shape[-1]
-    m = t + 1  # causal: nothing after the target can reach it
-    lead = (n_heads,) if per_head else ()
-    start = torch.zeros(*lead, m, dtype=dtype, device=pats.device)
-    start[..., t] = 1.0
-    buf = None if per_head else torch.empty(1, m, m, dtype=dtype, device=pats.device)
-    rows = start[None][:0]  # [sweeps, (head,) m]: one sweep per depth, deepest first
-    for j in reversed(range(n_layers)):
-        step = make_step(_read_layer(pats, j, m, buf, dtype))
-        rows = step(torch.cat([rows, start[None]]))  # all sweeps through layer j in one matmul
-    out = torch.zeros(n_layers, *lead, n, dtype=dtype, device=pats.device)
-    out[..., :m] = rows.flip(0)
-    return out
-
-
-def _layers(pats: Tensor, m: int, dtype: torch.dtype, per_head: bool) -> Iterator[_Layer]:
-    """Every layer read and validated by :func:`_read_layer` (the head sum or every head), in
-    order; the head-sum buffer is fresh per layer (callers keep the matrices)."""
-    for j in range(pats.shape[0]):
-        buf = None if per_head else torch.empty(1, m, m, dtype=dtype, device=pats.device)
-        yield _read_layer(pats, j, m, buf, dtype)
-
-
-def _factor(layer: _Layer, res: float, per_head: bool) -> Tensor:
-    """The explicit rollout factor ``A = diag(inv) (res·I + (1−res)·scale·mat)`` of one layer:
-    ``[m, m]`` (head mean) or ``[head, m, m]`` (``per_head``)."""
-    inv = 1.0 / (res + (1.0 - res) * layer.row_sums)  # [group, m]
-    mat = layer.matrix * ((1.0 - res) * layer.scale)
-    mat.diagonal(dim1=-2, dim2=-1).add_(res)
-    mat.mul_(inv[..., :, None])
-    return mat if per_head else mat[0]
-
-
-def _full_rollout(pats: Tensor, res: float, *, dtype: torch.dtype, per_head: bool) -> Tensor:
-    """``out[ℓ] = A_ℓ ⋯ A_0`` for every layer, as full ``[(head,) n, n]`` matrices."""
-    out = []
-    prod = None
-    for layer in _layers(pats, pats.shape[-1], dtype, per_head):
-        a = _factor(layer, res, per_head)
-        prod = a if prod is None else a @ prod
-        out.append(prod)
-    return torch.stack(out)
-
-
-def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype) -> _Layer:
-    """Sum layer ``j`` over heads into ``buf`` (in query blocks, so the head sum streams through
-    cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
-    head mean (or each head), restricted to the queries and keys up to the target. The
-    statistics the validation needs (row sums, minimum, maximum above the diagonal) are taken
-    block by block while each block of the head sum is still in cache."""
-    src = pats[j, :, :m, :m]
-    n_heads = src.shape[0]
-    sums, lows, highs = [], [], []
-
-    def take_stats(q0: int, rows: Tensor) -> None:  # rows: [group, query block, m]
-        sums.append(rows.sum(-1))
-        lows.append(rows.amin())
-        highs.extend(_upper_max(rows, q0))
-
-    if buf is None:
-        mats, scale = src.to(dtype), 1.0
-        take_stats(0, mats)
-    else:
-        per_row = n_heads * m * max(pats.element_size(), torch.finfo(dtype).bits // 8)
-        size = max(1, _BLOCK_BYTES // per_row)
-        for q0 in range(0, m, size):  # head sum; the mean's 1/head is folded into ``scale``
-            q1 = min(m, q0 + size)
-            torch.sum(src[:, q0:q1].to(dtype), 0, out=buf[0, q0:q1])
-            take_stats(q0, buf[:, q0:q1])  # while the block is in cache
-        mats, scale = buf, 1.0 / n_heads
-    row_sums = torch.cat(sums, dim=-1).mul_(scale)
-    lowest, highest = torch.stack(lows).amin(), torch.stack(highs).amax()
-    tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
-    _check_layer(mats, row_sums, j, tol, scale=scale, lowest=lowest, highest=highest)
-    return _Layer(j, mats, row_sums, scale)
-
-
-def _upper_max(rows: Tensor, q0: int) -> list[Tensor]:
-    """Largest entries above the diagonal of the query rows ``[q0, q0 + rows)`` (``rows``:
-    ``[group, q, m]``), as <= 8 rectangles right of their diagonal square plus the squares."""
-    out = []
-    q_end, m = q0 + rows.shape[-2], rows.shape[-1]
-    step = max(_TRIL_BLOCK, -(-(q_end - q0) // 8))
-    for a in range(q0, q_end, step):
-        b = min(q_end, a + step)
-        part = rows[:, a - q0 : b - q0]
-        out.append(torch.triu(part[..., a:b], 1).amax())
-        if b < m:
-            out.append(part[..., b:].amax())
-    return out
-
-
-def _check_layer(
-    mats: Tensor,
-    sums: Tensor,
-    layer: int,
-    tol: float,
-    *,
-    scale: float,
-    lowest: Tensor,
-    highest: Tensor,
-) -> None:
-    """``scale · mats [group, query, key]`` (head mean, or each head): finite, rows summing to 1
-    (``sums``, already scaled), non-negative (``lowest`` entry), nothing above the diagonal
-    (``highest`` entry there). The slow search for the offending position runs only on error."""
-    where = partial(_where, layer, scale != 1.0)
-    bad = ~torch.isfinite(sums) | ((sums - 1.0).abs() > tol)
-    if bool(bad.any()):
-        g, q = (int(v) for v in bad.nonzero()[0])
-        row = mats[g, q]
-        if not bool(torch.isfinite(row).all()):
-            k = int((~torch.isfinite(row)).nonzero()[0, 0])
-            value = float(row[k] * scale)
-            raise InvalidPatternError(f"patterns contain {value} at {where(g, q)}, key {k}")
-        raise InvalidPatternError(
-            f"patterns are not row-stochastic: {where(g, q)} sums to {float(sums[g, q]):.6g} "
-            f"(expected 1 ± {tol:.1g}); pass post-softmax attention"
-        )
-    if float(lowest) * scale < -tol:
-        g, q, k = (int(v) for v in (mats == lowest).nonzero()[0])
-        raise InvalidPatternError(
-            f"patterns contain a negative weight {float(lowest) * scale:.6g} at {where(g, q)}, "
-            f"key {k}"
-        )
-    if float(highest) * scale > tol:
-        m = mats.shape[-1]
-        q = torch.arange(m, device=mats.device)[:, None]
-        k = torch.arange(m, device=mats.device)[None, :]
-        g, qq, kk = (int(v) for v in ((mats * scale > tol) & (k > q)).nonzero()[0])
-        raise InvalidPatternError(
-            f"patterns are not causal: {where(g, qq)} puts {float(mats[g, qq, kk] * scale):.6g} "
-            f"on key {kk} (mass above the diagonal)"
-        )
-
-
-def _rollout_apply(rows: Tensor, *, mat: Tensor, inv: Tensor, res: float, scale: float) -> Tensor:
-    """``rows · A`` for ``A = diag(inv) (res·I + (1−res)·scale·mat)``; ``rows`` is
-    ``[sweeps, m]`` (``mat [m, m]``) or ``[sweeps, head, m]`` (``mat [head, m, m]``)."""
-    scaled = rows * inv
-    if mat.ndim == 3:
-        mixed = _tril_matmul(scaled.transpose(0, 1), mat).transpose(0, 1)
-    else:
-        mixed = _tril_matmul(scaled, mat)
-    return res * scaled + (1.0 - res) * scale * mixed
-
-
-def _bound_apply(rows: Tensor, *, mat: Tensor, per_key: Tensor) -> Tensor:
-    """``rows · ᾱ`` for ``ᾱ = mat · diag(per_key) + I``."""
-    return _tril_matmul(rows, mat) * per_key + rows
-
-
-def _where(layer: int, averaged: bool, g: int, q: int) -> str:
-    head = "averaged over heads" if averaged else f"head {g}"
-    return f"layer {layer}, {head}, query {q}"
-
-
-def _tril_matmul(rows: Tensor, mat: Tensor) -> Tensor:
-    """``rows @ mat`` for a lower-triangular ``mat``, reading only its lower part: column block
-    ``[c0, c1)`` gets contributions from rows ``q ≥ c0`` only (about half the work)."""
-    m = mat.shape[-1]
-    if m <= 2 * _TRIL_BLOCK:
-        return rows @ mat
-    out = torch.empty_like(rows)
-    for c0 in range(0, m, _TRIL_BLOCK):
-        c1 = min(m, c0 + _TRIL_BLOCK)
-        out[..., c0:c1] = rows[..., c0:] @ mat[..., c0:, c0:c1]
-    return out
