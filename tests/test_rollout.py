@@ -12,7 +12,7 @@ from oversquash_lens import (
     attention_rollout_from_model,
     oversquashing_bound,
 )
-from oversquash_lens.flow import _streaming, rollout
+from oversquash_lens.flow import _streaming
 
 from .conftest import assert_unchanged, state_snapshot
 
