@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>6} {a:>14.3g} {b:>14.3g}")
     for p in curve.precisions:
         n = curve.crossing_length(p)
-        print(
-            f"crossing length {p} (bit-identical): "
-            f"{n if n is not None else f'none up to n = {lengths[-1]}'}"
-        )
+        print(f"crossing length {p}: {n if n is not None else f'none up to n = {lengths[-1]}'}")
     bf = frame[(frame["precision"] == "bfloat16") & (frame["length"] == lengths[-1])]
     print(
         f"layers collapsed in bfloat16 at n = {lengths[-1]}: {int(bf['collapsed'].sum())} "
