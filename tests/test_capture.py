@@ -116,3 +116,11 @@ def test_text_longer_than_n_ctx_raises_instead_of_truncating(llama):
             call()
     fits = capture_residuals(llama, " ".join(["cat"] * (n_ctx - 1)), positions=-1)
     assert fits.tokens.shape[1] == n_ctx
+
+
+def test_ragged_text_batches_are_refused(llama):
+    """A right-padded batch would put a pad token at position -1 of the shorter text."""
+    with pytest.raises(InvalidTokensError, match="different token lengths"):
+        capture_residuals(llama, ["1 1 1 1 1", "1 1"], positions=-1)
+    same = capture_residuals(llama, ["1 1", "2 2"], positions=-1)  # equal lengths still work
+    assert same.states.shape[0] == 2
