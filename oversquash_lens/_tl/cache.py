@@ -81,3 +81,50 @@ def patterns_from_cache(
 def cache_pattern_batch(cache: Any) -> int:
     """Number of sequences behind the ``hook_pattern`` entries of a cache (1 when batch-less)."""
     return int(cache_patterns(cache).shape[0])
+
+
+# --------------------------------------------------------------------------- learned sinks
+#: Values of the ``learned_sinks`` keyword of every function that reads attention patterns
+#: (docs/science.md, "Learned attention sinks").
+LEARNED_SINKS = ("auto", "keep", "renormalize")
+
+
+def cache_model(cache: Any) -> Any:
+    """The model a TransformerLens ActivationCache was made by (``cache.model``), else None."""
+    if type(cache).__name__ != "ActivationCache":
+        return None
+    return getattr(cache, "model", None)
+
+
+def resolve_learned_sinks(learned_sinks: Any, source: Any = None) -> str:
+    """How pattern rows that sum to less than 1 are read: ``"none"`` (rows must sum to 1),
+    ``"keep"`` (the missing mass ``1 − Σ_j p_ij`` is a learned sink's: reported as its own score,
+    an absorbing node in rollout / bound) or ``"renormalize"`` (rows divided by their sums).
+
+    ``learned_sinks="auto"`` gives ``"keep"`` when ``source`` (a model, or an ActivationCache
+    whose model is known) has learned sink logits (GPT-OSS, see
+    :func:`~oversquash_lens.glasses.window.has_attention_sinks`), else ``"none"``; a plain
+    tensor or dict cache carries no model, so sub-stochastic rows from it need an explicit
+    ``"keep"`` or ``"renormalize"``."""
+    from .._validate import choice
+
+    value = choice(learned_sinks, "learned_sinks", LEARNED_SINKS)
+    if value != "auto":
+        return value
+    model = cache_model(source) if is_activation_cache(source) else source
+    if model is None or not hasattr(model, "modules"):
+        return "none"
+    from ..glasses.window import has_attention_sinks  # lazy: glasses imports _tl
+
+    return "keep" if has_attention_sinks(model) else "none"
+
+
+def sub_stochastic_hint(total: float) -> str:
+    """The error text for a row summing to ``total`` < 1 where rows must sum to 1."""
+    return (
+        f"{total:.6g} < 1: this looks like attention with a learned sink (GPT-OSS style: a "
+        f"per-head sink logit joins the softmax and its column is dropped, so the missing "
+        f"{1 - total:.3g} went to the sink); pass learned_sinks='keep' (the missing mass kept "
+        "as the learned sink's: its own score, an absorbing node in rollout and bound) or "
+        "learned_sinks='renormalize' (rows divided by their sums)"
+    )

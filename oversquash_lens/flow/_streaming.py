@@ -1,7 +1,13 @@
 """The streaming machinery behind :mod:`.rollout`: per-layer head averages read in query
 blocks that fit in cache, the validation statistics taken while a block is hot, the target-row
 propagation and a blocked lower-triangular matmul (docs/science.md §5: only the target row is
-propagated, O(L·n²), never the full products)."""
+propagated, O(L·n²), never the full products).
+
+``sinks`` (from ``learned_sinks``, resolved by :func:`oversquash_lens._tl.cache.
+resolve_learned_sinks`) says how rows summing to less than 1 are read: ``"none"`` refuses them,
+``"keep"`` accepts rows summing to ≤ 1 and keeps ``1 − Σ_j α_ij`` as the mass of a learned sink
+(an absorbing node: no row renormalisation), ``"renormalize"`` divides every head's rows by their
+sums before the head mean (docs/science.md, "Learned attention sinks")."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,6 +16,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from .._tl.cache import sub_stochastic_hint
 from ..errors import InvalidPatternError
 
 #: Bytes of one query block of patterns (all heads) summed over heads at once.
@@ -28,6 +35,14 @@ class _Layer:
     matrix: Tensor  # lower-triangular; multiply by ``scale`` to get the mean / the head
     row_sums: Tensor  # of the mean (or of each head), i.e. already scaled
     scale: float
+    #: learned-sink mass ``1 − row_sums`` (clamped at 0) per row with ``sinks="keep"``, else 0
+    sink: Tensor | float = 0.0
+
+    @property
+    def total(self) -> Tensor:
+        """Row sums with the learned sink's mass included (≈ 1 with ``sinks="keep"``): what
+        the rollout renormalises by, so mass sent to the sink is lost (absorbed), not spread."""
+        return self.row_sums + self.sink
 
 
 def _target_rows(
@@ -37,6 +52,7 @@ def _target_rows(
     *,
     dtype: torch.dtype,
     per_head: bool,
+    sinks: str = "none",
 ) -> Tensor:
     """``out[ℓ] = e_t · X_ℓ ⋯ X_0`` for ℓ = 0..L−1, each layer's X built (and validated) once."""
     n_layers, n_heads, n = pats.shape[0], pats.shape[1], pats.shape[-1]
@@ -47,51 +63,65 @@ def _target_rows(
     buf = None if per_head else torch.empty(1, m, m, dtype=dtype, device=pats.device)
     rows = start[None][:0]  # [sweeps, (head,) m]: one sweep per depth, deepest first
     for j in reversed(range(n_layers)):
-        step = make_step(_read_layer(pats, j, m, buf, dtype))
+        step = make_step(_read_layer(pats, j, m, buf, dtype, sinks))
         rows = step(torch.cat([rows, start[None]]))  # all sweeps through layer j in one matmul
     out = torch.zeros(n_layers, *lead, n, dtype=dtype, device=pats.device)
     out[..., :m] = rows.flip(0)
     return out
 
 
-def _layers(pats: Tensor, m: int, dtype: torch.dtype, per_head: bool) -> Iterator[_Layer]:
+def _layers(
+    pats: Tensor, m: int, dtype: torch.dtype, per_head: bool, sinks: str = "none"
+) -> Iterator[_Layer]:
     """Every layer read and validated by :func:`_read_layer` (the head sum or every head), in
     order; the head-sum buffer is fresh per layer (callers keep the matrices)."""
     for j in range(pats.shape[0]):
         buf = None if per_head else torch.empty(1, m, m, dtype=dtype, device=pats.device)
-        yield _read_layer(pats, j, m, buf, dtype)
+        yield _read_layer(pats, j, m, buf, dtype, sinks)
 
 
 def _factor(layer: _Layer, res: float, per_head: bool) -> Tensor:
     """The explicit rollout factor ``A = diag(inv) (res·I + (1−res)·scale·mat)`` of one layer:
     ``[m, m]`` (head mean) or ``[head, m, m]`` (``per_head``)."""
-    inv = 1.0 / (res + (1.0 - res) * layer.row_sums)  # [group, m]
+    inv = 1.0 / (res + (1.0 - res) * layer.total)  # [group, m]
     mat = layer.matrix * ((1.0 - res) * layer.scale)
     mat.diagonal(dim1=-2, dim2=-1).add_(res)
     mat.mul_(inv[..., :, None])
     return mat if per_head else mat[0]
 
 
-def _full_rollout(pats: Tensor, res: float, *, dtype: torch.dtype, per_head: bool) -> Tensor:
+def _full_rollout(
+    pats: Tensor, res: float, *, dtype: torch.dtype, per_head: bool, sinks: str = "none"
+) -> Tensor:
     """``out[ℓ] = A_ℓ ⋯ A_0`` for every layer, as full ``[(head,) n, n]`` matrices."""
     out = []
     prod = None
-    for layer in _layers(pats, pats.shape[-1], dtype, per_head):
+    for layer in _layers(pats, pats.shape[-1], dtype, per_head, sinks):
         a = _factor(layer, res, per_head)
         prod = a if prod is None else a @ prod
         out.append(prod)
     return torch.stack(out)
 
 
-def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype) -> _Layer:
+def _read_layer(
+    pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype, sinks: str = "none"
+) -> _Layer:
     """Sum layer ``j`` over heads into ``buf`` (in query blocks, so the head sum streams through
     cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
     head mean (or each head), restricted to the queries and keys up to the target. The
     statistics the validation needs (row sums, minimum, maximum above the diagonal) are taken
-    block by block while each block of the head sum is still in cache."""
+    block by block while each block of the head sum is still in cache. With ``sinks="renormalize"``
+    every head's rows are first checked (sum in (0, 1 + tol]) and divided by their sums."""
     src = pats[j, :, :m, :m]
     n_heads = src.shape[0]
     sums, lows, highs = [], [], []
+    tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
+
+    def read(q0: int, q1: int) -> Tensor:  # query rows [q0, q1) of every head, in ``dtype``
+        rows = src[:, q0:q1].to(dtype)
+        if sinks == "renormalize":
+            rows = _renormalized(rows, j, q0, tol)
+        return rows
 
     def take_stats(q0: int, rows: Tensor) -> None:  # rows: [group, query block, m]
         sums.append(rows.sum(-1))
@@ -99,21 +129,46 @@ def _read_layer(pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.d
         highs.extend(_upper_max(rows, q0))
 
     if buf is None:
-        mats, scale = src.to(dtype), 1.0
+        mats, scale = read(0, m), 1.0
         take_stats(0, mats)
     else:
         per_row = n_heads * m * max(pats.element_size(), torch.finfo(dtype).bits // 8)
         size = max(1, _BLOCK_BYTES // per_row)
         for q0 in range(0, m, size):  # head sum; the mean's 1/head is folded into ``scale``
             q1 = min(m, q0 + size)
-            torch.sum(src[:, q0:q1].to(dtype), 0, out=buf[0, q0:q1])
+            torch.sum(read(q0, q1), 0, out=buf[0, q0:q1])
             take_stats(q0, buf[:, q0:q1])  # while the block is in cache
         mats, scale = buf, 1.0 / n_heads
     row_sums = torch.cat(sums, dim=-1).mul_(scale)
     lowest, highest = torch.stack(lows).amin(), torch.stack(highs).amax()
-    tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
-    _check_layer(mats, row_sums, j, tol, scale=scale, lowest=lowest, highest=highest)
-    return _Layer(j, mats, row_sums, scale)
+    keep = sinks == "keep"
+    _check_layer(mats, row_sums, j, tol, scale=scale, lowest=lowest, highest=highest, keep=keep)
+    sink = (1.0 - row_sums).clamp_(min=0.0) if keep else 0.0
+    return _Layer(j, mats, row_sums, scale, sink)
+
+
+def _renormalized(rows: Tensor, layer: int, q0: int, tol: float) -> Tensor:
+    """``rows [head, q, m]`` (queries from ``q0``) divided by their sums, after checking that
+    every sum is finite and in ``(0, 1 + tol]``: a row above 1 is not attention with a learned
+    sink, and a row without mass on any key cannot be renormalised."""
+    sums = rows.sum(-1, keepdim=True)
+    bad = ~torch.isfinite(sums) | (sums > 1.0 + tol) | (sums <= 0)
+    if bool(bad.any()):
+        g, q, _ = (int(v) for v in bad.nonzero()[0])
+        total = float(sums[g, q, 0])
+        where = _where(layer, False, g, q0 + q)
+        if not torch.isfinite(sums[g, q, 0]):
+            raise InvalidPatternError(f"patterns contain {total} at {where}")
+        if total > 1.0:
+            raise InvalidPatternError(
+                f"patterns are not (sub-)stochastic: {where} sums to {total:.6g} > 1 (expected "
+                f"<= 1 + {tol:.1g}, the rest being a learned sink's); pass post-softmax attention"
+            )
+        raise InvalidPatternError(
+            f"{where} sums to {total:.6g}: no mass on any key (all of it on the learned sink), "
+            "so learned_sinks='renormalize' cannot renormalise it; use learned_sinks='keep'"
+        )
+    return rows / sums
 
 
 def _upper_max(rows: Tensor, q0: int) -> list[Tensor]:
@@ -140,12 +195,15 @@ def _check_layer(
     scale: float,
     lowest: Tensor,
     highest: Tensor,
+    keep: bool = False,
 ) -> None:
     """``scale · mats [group, query, key]`` (head mean, or each head): finite, rows summing to 1
-    (``sums``, already scaled), non-negative (``lowest`` entry), nothing above the diagonal
-    (``highest`` entry there). The slow search for the offending position runs only on error."""
+    (``sums``, already scaled; with ``keep`` to at most 1, the rest being a learned sink's),
+    non-negative (``lowest`` entry), nothing above the diagonal (``highest`` entry there). The
+    slow search for the offending position runs only on error."""
     where = partial(_where, layer, scale != 1.0)
-    bad = ~torch.isfinite(sums) | ((sums - 1.0).abs() > tol)
+    off = (sums - 1.0) if keep else (sums - 1.0).abs()
+    bad = ~torch.isfinite(sums) | (off > tol)
     if bool(bad.any()):
         g, q = (int(v) for v in bad.nonzero()[0])
         row = mats[g, q]
@@ -153,9 +211,16 @@ def _check_layer(
             k = int((~torch.isfinite(row)).nonzero()[0, 0])
             value = float(row[k] * scale)
             raise InvalidPatternError(f"patterns contain {value} at {where(g, q)}, key {k}")
+        total = float(sums[g, q])
+        if total < 1.0:  # only without ``keep``: this is what attention with a learned sink does
+            raise InvalidPatternError(
+                f"patterns are not row-stochastic: {where(g, q)} sums to "
+                + sub_stochastic_hint(total)
+            )
+        expected = f"<= 1 + {tol:.1g}, the rest a learned sink's" if keep else f"1 ± {tol:.1g}"
         raise InvalidPatternError(
-            f"patterns are not row-stochastic: {where(g, q)} sums to {float(sums[g, q]):.6g} "
-            f"(expected 1 ± {tol:.1g}); pass post-softmax attention"
+            f"patterns are not row-stochastic: {where(g, q)} sums to {total:.6g} > 1 "
+            f"(expected {expected}); pass post-softmax attention"
         )
     if float(lowest) * scale < -tol:
         g, q, k = (int(v) for v in (mats == lowest).nonzero()[0])

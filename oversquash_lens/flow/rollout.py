@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.cache import resolve_learned_sinks
 from ..errors import InvalidArgumentError, InvalidPatternError
 from ..glasses import Intervention, applied
 from ._streaming import (
@@ -57,6 +58,7 @@ def attention_rollout(
     target: int | str = -1,
     residual: float = 0.5,
     per_head: bool = False,
+    learned_sinks: str = "auto",
 ) -> (
     Float[Tensor, "layer pos"]
     | Float[Tensor, "layer head_index pos"]
@@ -84,6 +86,14 @@ def attention_rollout(
         residual: weight of the identity (the residual stream) in every layer, in ``[0, 1]``.
         per_head: roll every head index separately through the layers (head h of layer ℓ
             feeds head h of layer ℓ−1); returns ``[layer, head, pos]``.
+        learned_sinks: how rows summing to less than 1 (attention with a learned sink logit,
+            GPT-OSS) are read (docs/science.md, "Learned attention sinks"): ``"keep"`` — the
+            missing mass ``1 − Σ_j α_ij`` goes to the sink, an absorbing extra node that holds
+            no token's information, so ``A``'s rows are *not* renormalised and the rollout row
+            sums to ``1 −`` (the share absorbed by sinks up to that depth); ``"renormalize"`` —
+            every head's rows are divided by their sums first (the sink removed); ``"auto"``
+            (default) — ``"keep"`` for an ActivationCache of a model with learned sinks, else
+            rows must sum to 1. Rows above 1 are refused in every mode.
 
     Returns:
         ``[layer, pos]`` (or ``[layer, head, pos]``); positions after ``target`` are 0.
@@ -93,10 +103,11 @@ def attention_rollout(
 
     Raises:
         InvalidPatternError: wrong shape or dtype, NaN/inf, rows not summing to 1 (tolerance
-            ``max(1e-4, 4·eps(dtype))``), negative entries or mass above the diagonal. What is
-            checked is what the result depends on: the head average (each head when
-            ``per_head``), on the queries and keys up to ``target``.
+            ``max(1e-4, 4·eps(dtype))``; to at most 1 with ``learned_sinks``), negative entries
+            or mass above the diagonal. What is checked is what the result depends on: the head
+            average (each head when ``per_head``), on the queries and keys up to ``target``.
     """
+    sinks = resolve_learned_sinks(learned_sinks, patterns)
     pats, averaged = _as_patterns(patterns)
     if isinstance(residual, bool) or not isinstance(residual, (int, float)):
         raise InvalidArgumentError(f"residual={residual!r} must be a float in [0, 1]")
@@ -113,17 +124,18 @@ def attention_rollout(
     if isinstance(target, str):
         if target != "all":
             raise InvalidArgumentError(f"target={target!r} must be an int position or 'all'")
-        return _full_rollout(pats, float(residual), dtype=dtype, per_head=per_head)
+        return _full_rollout(pats, float(residual), dtype=dtype, per_head=per_head, sinks=sinks)
     t = _validate.resolve_index(target, pats.shape[-1], name="target")
     res = float(residual)
 
     def rollout_step(layer: _Layer) -> Callable[[Tensor], Tensor]:
-        inv = 1.0 / (res + (1.0 - res) * layer.row_sums)  # renormalise the rows of A
+        # renormalise the rows of A (a learned sink's mass counts: it is absorbed, not spread)
+        inv = 1.0 / (res + (1.0 - res) * layer.total)
         mat = layer.matrix if per_head else layer.matrix[0]  # [head, m, m] or [m, m]
         inv = inv if per_head else inv[0]
         return partial(_rollout_apply, mat=mat, inv=inv, res=res, scale=layer.scale)
 
-    return _target_rows(pats, t, rollout_step, dtype=dtype, per_head=per_head)
+    return _target_rows(pats, t, rollout_step, dtype=dtype, per_head=per_head, sinks=sinks)
 
 
 def rollout_matrices(
@@ -132,6 +144,7 @@ def rollout_matrices(
     residual: float = 0.5,
     size: int | None = None,
     per_head: bool = False,
+    learned_sinks: str = "auto",
 ) -> Float[Tensor, "layer m m"] | Float[Tensor, "layer head_index m m"]:
     """The per-layer rollout factors ``A_ℓ = diag(1/r) (residual·I + (1 − residual)·mean_heads
     α_ℓ)`` (``r`` the row sums), exactly as :func:`attention_rollout` builds and validates them,
@@ -142,11 +155,14 @@ def rollout_matrices(
         residual: weight of the identity, in ``[0, 1]``.
         size: keep positions ``0..size-1`` (causal: a target ``t`` needs ``size = t + 1``).
         per_head: one factor per head (``[layer, head, m, m]``) instead of the head mean.
+        learned_sinks: as for :func:`attention_rollout`; with ``"keep"`` row ``i`` sums to
+            ``1 − (1 − residual)·s_i`` (``s_i`` the learned-sink mass, absorbed).
 
     Returns:
-        ``[layer, m, m]`` (or ``[layer, head, m, m]``), rows summing to 1; float32 (float64 for
-        float64 input).
+        ``[layer, m, m]`` (or ``[layer, head, m, m]``), rows summing to 1 (at most 1 with
+        ``learned_sinks="keep"``); float32 (float64 for float64 input).
     """
+    sinks = resolve_learned_sinks(learned_sinks, patterns)
     pats, averaged = _as_patterns(patterns)
     res = _check_residual(residual)
     if per_head and averaged:
@@ -157,7 +173,8 @@ def rollout_matrices(
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= n:
         raise InvalidArgumentError(f"size={size!r} must be an int in 1..{n}")
     dtype = torch.float64 if pats.dtype == torch.float64 else torch.float32
-    mats = [_factor(layer, res, per_head) for layer in _layers(pats, size, dtype, per_head)]
+    layers = _layers(pats, size, dtype, per_head, sinks)
+    mats = [_factor(layer, res, per_head) for layer in layers]
     return torch.stack(mats)
 
 
@@ -169,15 +186,24 @@ def attention_rollout_from_model(
     residual: float = 0.5,
     per_head: bool = False,
     intervention: Intervention = None,
+    learned_sinks: str = "auto",
 ) -> Float[Tensor, "layer pos"] | Float[Tensor, "layer head_index pos"]:
     """:func:`attention_rollout` of one sequence run through ``model`` (patterns captured with
     temporary hooks; the model is left unchanged). ``tokens``: text, ``[pos]`` or ``[1, pos]``.
     ``intervention``: glasses active during the run (e.g. ``functools.partial(sliding_window,
-    window=16)``, see ``glasses.applied``); the rollout is then of the patterns they produce."""
+    window=16)``, see ``glasses.applied``); the rollout is then of the patterns they produce.
+    ``learned_sinks="auto"`` reads ``model``: ``"keep"`` when it has learned sink logits."""
+    sinks = resolve_learned_sinks(learned_sinks, model)
     toks = _tl.single_sequence(model, tokens)
     with applied(model, intervention):
         pats = _tl.attention_patterns(model, toks)[0]
-    return attention_rollout(pats, target=target, residual=residual, per_head=per_head)
+    return attention_rollout(
+        pats,
+        target=target,
+        residual=residual,
+        per_head=per_head,
+        learned_sinks="auto" if sinks == "none" else sinks,
+    )
 
 
 def oversquashing_bound(
@@ -185,6 +211,7 @@ def oversquashing_bound(
     *,
     target: int = -1,
     beta: float | Sequence[float] | Float[Tensor, " layer"] | Float[Tensor, "layer pos"] = 1.0,
+    learned_sinks: str = "auto",
 ) -> Float[Tensor, "layer pos"]:
     """The path sum of Theorem 5.1 (PAPER §3), without its constant ``C``.
 
@@ -202,11 +229,16 @@ def oversquashing_bound(
             deviation that the pre-attention norm divides by): a positive float, one value per
             layer ``[layer]``, or one per layer and key position ``[layer, pos]`` (then
             ``ᾱ_{qk} = α_{qk}/β_k + δ_{qk}``).
+        learned_sinks: as for :func:`attention_rollout`. ``"keep"`` uses α as it is: the
+            learned sink carries no value vector, so a path into it reaches no input token and
+            contributes nothing (the sink is an absorbing node); ``"renormalize"`` divides every
+            head's rows by their sums first, which can only raise the sum.
 
     Returns:
         ``[layer, pos]`` float64 (values grow like ``(1 + 1/β)^L``); positions after ``target``
         are 0.
     """
+    sinks = resolve_learned_sinks(learned_sinks, patterns)
     pats, _ = _as_patterns(patterns)
     n_layers, n = pats.shape[0], pats.shape[-1]
     t = _validate.resolve_index(target, n, name="target")
@@ -215,7 +247,7 @@ def oversquashing_bound(
     def bound_step(layer: _Layer) -> Callable[[Tensor], Tensor]:
         return partial(_bound_apply, mat=layer.matrix[0], per_key=scale[layer.index] * layer.scale)
 
-    return _target_rows(pats, t, bound_step, dtype=torch.float64, per_head=False)
+    return _target_rows(pats, t, bound_step, dtype=torch.float64, per_head=False, sinks=sinks)
 
 
 # --------------------------------------------------------------------------- inputs

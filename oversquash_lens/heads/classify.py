@@ -8,6 +8,10 @@ Per (layer, head) :func:`classify_heads` measures, averaged over the prompts giv
   same for α_{i,i−1} (*previous-token*, ``is_previous``); ``first_mass`` = α_1 of Gu et al.:
   mean over queries 1 ≤ t < 64 of α_{t,0} (``is_sink`` when above ``sink_threshold``: 0.3 as in
   Gu et al.; Barbero et al. use 0.8); ``entropy`` = mean row entropy (nats);
+  ``learned_sink_mass`` = mean over queries 1 ≤ t < 64 of 1 − Σ_j α_tj, the attention a learned
+  sink logit (GPT-OSS) took: such a model's ``hook_pattern`` rows sum to less than 1, and that
+  mass is reported here, never folded into ``first_mass`` (0 for a model without learned sinks;
+  ``learned_sinks`` below, docs/science.md "Learned attention sinks");
 - what the head writes: ``write_ratio`` = mean over positions i ≥ 1 of ‖z_h(i)·W_O[h]‖ /
   ‖resid_pre(i)‖ (the residual stream the head's output is added to), and ``delta_loss_zero`` /
   ``delta_loss_mean``: change of the mean next-token cross-entropy (nats) when the head's
@@ -38,6 +42,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _tl, _validate
+from .._tl.cache import resolve_learned_sinks
 from .._tl.protocol import HookedModel
 from ..errors import InvalidPatternError
 from . import scores as hs
@@ -59,10 +64,12 @@ def pattern_scores(
     patterns: Float[Tensor, "*batch layer head_index query_pos key_pos"] | Any,
     *,
     sink_window: int = 64,
+    learned_sinks: str = "auto",
 ) -> dict[str, Float[Tensor, "layer head_index"]]:
     """Pattern-only head scores (PAPER §4) from precomputed attention: ``diag_mass``,
-    ``diag_min``, ``prev_mass``, ``prev_min``, ``first_mass`` and ``entropy`` (definitions in the
-    module docstring), averaged over the batch (minima: minimum over the batch).
+    ``diag_min``, ``prev_mass``, ``prev_min``, ``first_mass``, ``entropy`` and
+    ``learned_sink_mass`` (definitions in the module docstring), averaged over the batch
+    (minima: minimum over the batch).
 
     Example:
         >>> _, cache = model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n)
@@ -71,8 +78,16 @@ def pattern_scores(
     Args:
         patterns: ``[layer, head, query, key]`` or ``[batch, layer, head, query, key]`` causal,
             row-stochastic attention, or an ActivationCache holding ``hook_pattern`` entries.
-        sink_window: queries 1 ≤ t < sink_window enter ``first_mass`` (64, as Gu et al.).
+        sink_window: queries 1 ≤ t < sink_window enter ``first_mass`` and
+            ``learned_sink_mass`` (64, as Gu et al.).
+        learned_sinks: rows summing to less than 1 (a learned sink logit took the rest):
+            ``"keep"`` — scores of the rows as given, ``learned_sink_mass`` = 1 − Σ_j α_ij, the
+            entropy that of the softmax with the sink; ``"renormalize"`` — scores of α / Σ_j α
+            (``learned_sink_mass`` still measured); ``"auto"`` (default) — ``"keep"`` for an
+            ActivationCache of a model with learned sinks, else rows must sum to 1. Rows above
+            1 are refused in every mode.
     """
+    sinks = resolve_learned_sinks(learned_sinks, patterns)
     if _tl.is_activation_cache(patterns):
         patterns = _tl.cache_patterns(patterns)
     if not isinstance(patterns, Tensor):
@@ -80,11 +95,12 @@ def pattern_scores(
             f"patterns={type(patterns).__name__} is neither a tensor nor an ActivationCache"
         )
     patterns = patterns.detach()
-    hs.check_patterns(patterns)
+    hs.check_patterns(patterns, sinks=sinks)
     _check_window(sink_window)
     p = patterns if patterns.ndim == 5 else patterns.unsqueeze(0)
     b, n_layers, n_heads, n, _ = p.shape
-    st = hs.pattern_stats(p.reshape(b, n_layers * n_heads, n, n), sink_window=sink_window)
+    flat = p.reshape(b, n_layers * n_heads, n, n)
+    st = hs.pattern_stats(flat, sink_window=sink_window, sinks=sinks)
     st = st.view(b, n_layers, n_heads, -1).double()
     out = {name: st[..., i].mean(0).float() for i, name in enumerate(hs.PATTERN_STATS)}
     out["diag_min"], out["prev_min"] = st[..., 1].amin(0).float(), st[..., 3].amin(0).float()
@@ -107,6 +123,7 @@ def classify_heads(
     sink_window: int = 64,
     batch_size: int | None = None,
     progress: bool = True,
+    learned_sinks: str = "auto",
 ) -> HeadReport:
     """Classify every attention head as ``diagonal-noop``, ``diagonal-eraser``, ``diagonal``,
     ``bos-sink``, ``previous-token`` or ``mixing`` (PAPER §4: Round and Round Def 5.1, Gu et
@@ -130,6 +147,11 @@ def classify_heads(
         sink_window: queries 1 ≤ t < sink_window enter ``first_mass`` (64, as Gu et al.).
         batch_size: most sequences per ablation forward pass (default: a ~512 MB budget).
         progress: show a progress bar over the ablation passes.
+        learned_sinks: ``"auto"`` (default) reads the model: with learned sink logits
+            (GPT-OSS) its patterns' rows sum to less than 1 and are scored as given, the rest
+            reported as ``learned_sink_mass`` (``"keep"``); ``"renormalize"`` scores α / Σ_j α
+            instead (``learned_sink_mass`` still reported); without learned sinks rows must
+            sum to 1 (``learned_sink_mass`` 0). Every block's pattern is checked in the pass.
 
     Notes:
         Use prompts of a few dozen tokens: uniform attention already has ``first_mass`` =
@@ -154,6 +176,7 @@ def classify_heads(
     _validate.flag(ablation, "ablation")
     _validate.flag(fold_norm, "fold_norm")
     _validate.flag(progress, "progress")
+    sinks = resolve_learned_sinks(learned_sinks, model)
     info = _tl.require_attention(model)
     groups = hs.token_groups(model, tokens, info)
     grids, facts = hs.measure(
@@ -165,6 +188,7 @@ def classify_heads(
         fold_norm=fold_norm,
         batch_size=batch_size,
         progress=progress,
+        sinks=sinks,
     )
     chance = hs.chance_levels([g.shape[1] for g in groups for _ in range(g.shape[0])],
                               sink_window=sink_window)  # fmt: skip
@@ -177,6 +201,7 @@ def classify_heads(
         **facts,
         model_name=info.name,
         windows=tuple(_tl.attention_windows(model)),
+        learned_sinks=sinks,
     )
 
 

@@ -37,6 +37,9 @@ class HeadReport:
     ov_copying: Grid
     ov_neg_fraction: Grid
     labels: tuple[tuple[str, ...], ...]
+    #: mean over queries 1 ≤ t < sink_window of 1 − Σ_j α_tj: attention taken by a learned sink
+    #: logit (GPT-OSS); None (zeros) for a model without learned sinks
+    learned_sink_mass: Grid | None = None
     thresholds: HeadThresholds = HeadThresholds()
     clean_loss: float = float("nan")
     n_sequences: int = 0
@@ -49,6 +52,15 @@ class HeadReport:
     #: per layer: sliding-window size of a local attention layer, None for global attention
     #: (``_tl.attention_windows``); empty = not recorded (read as all global)
     windows: tuple[int | None, ...] = ()
+    #: how rows summing to less than 1 were read: ``"none"`` (no learned sinks: rows sum to 1),
+    #: ``"keep"`` or ``"renormalize"`` (``classify_heads(learned_sinks=...)``)
+    learned_sinks: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.learned_sink_mass is None:
+            object.__setattr__(
+                self, "learned_sink_mass", self.diag_mass.new_zeros(self.diag_mass.shape)
+            )
 
     @property
     def n_layers(self) -> int:
@@ -66,8 +78,10 @@ class HeadReport:
         the mass rose from its uniform-attention level toward 1: (mass − chance)/(1 − chance)),
         ``excess`` (that of the score behind the head's label; 0 for ``mixing``), and the tests
         ``is_diagonal`` / ``is_previous`` (Def 5.1: every query above 1−ε), ``is_sink``
-        (first_mass > sink_threshold), ``is_sink_gu`` (> 0.3) and ``is_sink_barbero`` (> 0.8).
-        A local head's ``first_mass`` is attention to position 0 from queries
+        (first_mass > sink_threshold), ``is_sink_gu`` (> 0.3) and ``is_sink_barbero`` (> 0.8),
+        and ``is_learned_sink`` (learned_sink_mass > sink_threshold: a head whose attention
+        mostly goes to its learned sink logit, not to a token; a separate score, never part of
+        ``first_mass``). A local head's ``first_mass`` is attention to position 0 from queries
         within its window only: a sink there is not a global sink."""
         t = self.thresholds
         windows = list(self.windows) or [None] * self.n_layers
@@ -96,6 +110,7 @@ class HeadReport:
         frame["is_sink"] = frame["first_mass"] > t.sink_threshold
         frame["is_sink_gu"] = frame["first_mass"] > 0.3
         frame["is_sink_barbero"] = frame["first_mass"] > 0.8
+        frame["is_learned_sink"] = frame["learned_sink_mass"] > t.sink_threshold
         return frame
 
     def _excess(self, key: str) -> Tensor:
@@ -104,11 +119,23 @@ class HeadReport:
     def sink_rates(self) -> pd.DataFrame:
         """Sink_1^ε (docs/science.md §10): the fraction of heads whose first-token mass exceeds
         ε = 0.3 (Gu et al.) and ε = 0.8 (Barbero et al.), over all heads and separately over
-        global and local (sliding-window) layers, with the first block where each appears."""
+        global and local (sliding-window) layers, with the first block where each appears.
+
+        A model with learned sinks (``learned_sinks`` not ``"none"``) adds the same rates for
+        ``learned_sink_mass`` (definitions ``"learned gu (0.3)"``, ``"learned barbero (0.8)"``):
+        attention to the sink logit, counted apart from attention to the first token."""
         frame = self.to_dataframe()
+        frame["_learned_gu"] = frame["learned_sink_mass"] > 0.3
+        frame["_learned_barbero"] = frame["learned_sink_mass"] > 0.8
+        definitions = [("gu (0.3)", "is_sink_gu"), ("barbero (0.8)", "is_sink_barbero")]
+        if self.learned_sinks != "none":
+            definitions += [
+                ("learned gu (0.3)", "_learned_gu"),
+                ("learned barbero (0.8)", "_learned_barbero"),
+            ]
         rows = []
         for group, part in [("all", frame), *frame.groupby("attention")]:
-            for name, col in (("gu (0.3)", "is_sink_gu"), ("barbero (0.8)", "is_sink_barbero")):
+            for name, col in definitions:
                 hits = part[part[col]]
                 first = int(hits["block"].min()) if len(hits) else None
                 rate, heads = float(part[col].mean()), int(part[col].sum())
@@ -158,6 +185,13 @@ class HeadReport:
         if self.to_dataframe()["delta_loss_zero"].isna().all():  # ablation was skipped
             flagged = flagged.drop(columns=["delta_loss_zero", "delta_loss_mean"])
             title += "<br>ablation skipped (ablation=False)"
+        if self.learned_sinks != "none":
+            mass = self.to_dataframe()["learned_sink_mass"]
+            title += (
+                f"<br>learned attention sinks (learned_sinks={self.learned_sinks!r}): mass "
+                f"{mass.mean():.3f} on average, up to {mass.max():.3f} (learned_sink_mass, not "
+                "part of first_mass)"
+            )
         return frame_html(title + ("" if len(flagged) else "<br>no flagged heads"), flagged)
 
     def _rule_text(self) -> str:
@@ -184,7 +218,8 @@ class HeadReport:
             hover = frame.apply(
                 lambda r: (
                     f"L{r.block}H{r.head} {r.label}<br>diag {r.diag_mass:.2f} prev "
-                    f"{r.prev_mass:.2f} first {r.first_mass:.2f}<br>write {r.write_ratio:.3g} "
+                    f"{r.prev_mass:.2f} first {r.first_mass:.2f} learned sink "
+                    f"{r.learned_sink_mass:.2f}<br>write {r.write_ratio:.3g} "
                     f"ov {r.ov_copying:.2f}"
                 ),
                 axis=1,

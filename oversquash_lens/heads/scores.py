@@ -1,7 +1,8 @@
 """The numbers behind the head classifier (PAPER §4), one function per kind of evidence.
 
-- attention-pattern statistics per head (diagonal, previous-token and first-token mass, entropy),
-  from a ``[batch, head, query, key]`` pattern, position 0 left out where it is trivial;
+- attention-pattern statistics per head (diagonal, previous-token and first-token mass, entropy,
+  learned-sink mass), from a ``[batch, head, query, key]`` pattern, position 0 left out where
+  it is trivial;
 - the OV-circuit eigenvalue summary from the weights (Elhage et al. 2021);
 - what a head writes: ‖z_h·W_O[h]‖ / ‖resid_pre‖ from one clean forward pass, and the change
   of next-token loss when its ``hook_z`` is zero- or mean-ablated, many heads per forward pass
@@ -21,25 +22,43 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import _tl
+from .._tl.cache import sub_stochastic_hint
 from .._tl.protocol import HookedModel
 from ..errors import InvalidPatternError, InvalidTokensError
 
 #: Per-head pattern statistics, in the order of the last axis of :func:`pattern_stats`.
-PATTERN_STATS = ("diag_mass", "diag_min", "prev_mass", "prev_min", "first_mass", "entropy")
-_MEANS, _MINS = [0, 2, 4, 5], [1, 3]
+PATTERN_STATS = ("diag_mass", "diag_min", "prev_mass", "prev_min", "first_mass", "entropy",
+                 "learned_sink_mass")  # fmt: skip
+_MEANS, _MINS = [0, 2, 4, 5, 6], [1, 3]
 #: Rough activation budget (bytes) of one ablation forward pass when no batch size is given.
 _ABLATION_BYTES = 512 << 20
 
 
 # --------------------------------------------------------------------------- patterns
 def pattern_stats(
-    pattern: Float[Tensor, "batch head_index query_pos key_pos"], *, sink_window: int = 64
-) -> Float[Tensor, "batch head_index 6"]:
+    pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+    *,
+    sink_window: int = 64,
+    sinks: str = "none",
+) -> Float[Tensor, "batch head_index 7"]:
     """Per sequence and head, in the order of :data:`PATTERN_STATS`: mean and min over queries
     i ≥ 1 of α_ii and over queries i ≥ 2 of α_{i,i−1} (NaN with 2 positions); mean over queries
     1 ≤ t < sink_window of α_{t,0}; mean over
-    queries i ≥ 1 of the row entropy −Σ_j α_ij log α_ij (nats). Needs at least 2 positions."""
+    queries i ≥ 1 of the row entropy −Σ_j α_ij log α_ij (nats); mean over queries
+    1 ≤ t < sink_window of the learned-sink mass s_t = 1 − Σ_j α_tj. Needs at least 2 positions.
+
+    ``sinks`` (docs/science.md, "Learned attention sinks"): ``"none"`` — rows sum to 1 and
+    ``s = 0``; ``"keep"`` — α as given, ``s = max(0, 1 − Σ_j α_tj)`` and the entropy is that of
+    the whole softmax, sink included (``− s log s`` added); ``"renormalize"`` — every score but
+    ``s`` from α / Σ_j α (``s`` still from the rows as given)."""
     p = pattern.float()
+    total = p.sum(-1)
+    if sinks == "none":
+        sink = torch.zeros_like(total)
+    else:
+        sink = (1.0 - total).clamp(min=0.0)
+    if sinks == "renormalize":
+        p = p / total[..., None]
     diag = p.diagonal(dim1=-2, dim2=-1)[..., 1:]
     # α_{i,i−1} from query 2 on: query 1's previous token is the first token, so counting it
     # would call sink attention previous-token attention (docs/science.md §4).
@@ -48,6 +67,8 @@ def pattern_stats(
         prev = torch.full_like(diag, float("nan"))
     first = p[..., 1:sink_window, 0]
     entropy = -torch.special.xlogy(p[..., 1:, :], p[..., 1:, :]).sum(-1)
+    if sinks == "keep":
+        entropy = entropy - torch.special.xlogy(sink[..., 1:], sink[..., 1:])
     return torch.stack(
         [
             diag.mean(-1),
@@ -56,6 +77,7 @@ def pattern_stats(
             prev.amin(-1),
             first.mean(-1),
             entropy.mean(-1),
+            sink[..., 1:sink_window].mean(-1),
         ],
         dim=-1,
     )
@@ -79,9 +101,21 @@ def chance_levels(lengths: list[int], *, sink_window: int = 64) -> dict[str, flo
     return {k: v / len(lengths) for k, v in out.items()}
 
 
-def check_patterns(patterns: Tensor, *, tol: float = 1e-3) -> None:
+def check_patterns(
+    patterns: Tensor,
+    *,
+    tol: float = 1e-3,
+    sinks: str = "none",
+    axes: tuple[str, ...] | None = None,
+    prefix: str = "",
+) -> None:
     """Raise :class:`InvalidPatternError` unless ``patterns [..., query, key]`` are finite,
-    non-negative, causal and row-stochastic, with at least 2 positions."""
+    non-negative, causal and row-stochastic, with at least 2 positions. With ``sinks="keep"``
+    or ``"renormalize"`` rows may sum to less than 1 (the rest is a learned sink's mass), never
+    to more; ``"renormalize"`` also needs some mass on a key in every row. ``axes`` names the
+    leading axes in error messages (default ``[sequence,] layer, head, query``), ``prefix``
+    comes before the location (e.g. ``"block 3, "``). The tolerance is at least 4·eps of the
+    patterns' dtype (half-precision patterns round each weight)."""
     shape = tuple(patterns.shape)
     if patterns.ndim not in (4, 5) or shape[-1] != shape[-2] or shape[-1] < 2 or 0 in shape:
         raise InvalidPatternError(
@@ -101,9 +135,34 @@ def check_patterns(patterns: Tensor, *, tol: float = 1e-3) -> None:
         raise InvalidPatternError(
             f"patterns are not causal: weight {leak.item():.3g} on a future key"
         )
-    rows = (p.sum(-1) - 1).abs().amax()
-    if rows > tol:
-        raise InvalidPatternError(f"pattern rows do not sum to 1 (off by up to {rows.item():.3g})")
+    tol = max(tol, 4 * torch.finfo(patterns.dtype).eps)
+    sums = p.sum(-1)
+    if axes is None:
+        axes = ("sequence",) * (patterns.ndim == 5) + ("layer", "head", "query")
+
+    def where(index: Tensor) -> str:
+        return prefix + ", ".join(f"{a} {int(i)}" for a, i in zip(axes, index.tolist()))
+
+    high = sums.amax()
+    if high > 1 + tol:
+        idx = (sums == high).nonzero()[0]
+        expected = f"1 ± {tol:.1g}" if sinks == "none" else f"<= 1 + {tol:.1g}"
+        raise InvalidPatternError(
+            f"pattern rows do not sum to 1: {where(idx)} sums to {high.item():.6g} > 1 "
+            f"(expected {expected}); pass post-softmax attention"
+        )
+    low = sums.amin()
+    if sinks == "none" and low < 1 - tol:
+        idx = (sums == low).nonzero()[0]
+        raise InvalidPatternError(
+            f"pattern rows do not sum to 1: {where(idx)} sums to {sub_stochastic_hint(low.item())}"
+        )
+    if sinks == "renormalize" and low <= 0:
+        idx = (sums == low).nonzero()[0]
+        raise InvalidPatternError(
+            f"{where(idx)} sums to {low.item():.6g}: no mass on any key (all of it on the learned "
+            "sink), so learned_sinks='renormalize' cannot renormalise it; use learned_sinks='keep'"
+        )
 
 
 # --------------------------------------------------------------------------- weights
@@ -161,12 +220,14 @@ def measure(
     fold_norm: bool,
     batch_size: int | None,
     progress: bool,
+    sinks: str = "none",
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Every ``[layer, head]`` score grid of the report (ablation grids NaN when skipped), and
     the facts ``clean_loss``, ``n_sequences``, ``n_tokens``, ``norm_folded``."""
     totals = Totals(info.n_layers, info.n_heads, info.d_head)
     resid = [
-        clean_pass(model, g, totals, sink_window=sink_window, keep_resid=ablation) for g in groups
+        clean_pass(model, g, totals, sink_window=sink_window, keep_resid=ablation, sinks=sinks)
+        for g in groups
     ]
     n_seq = totals.n_seq
     stats = totals.stats.clone()
@@ -243,9 +304,11 @@ def clean_pass(
     *,
     sink_window: int,
     keep_resid: bool,
+    sinks: str = "none",
 ) -> list[Tensor]:
-    """One clean forward pass: add pattern statistics, write ratios, z sums and the loss to
-    ``totals``; return the residual entering every block when ``keep_resid`` (else [])."""
+    """One clean forward pass: check every block's pattern (:func:`check_patterns` with
+    ``sinks``), add pattern statistics, write ratios, z sums and the loss to ``totals``; return
+    the residual entering every block when ``keep_resid`` (else [])."""
     n_layers = totals.n_layers
     grams = [(w := _tl.w_o(model, b).float()) @ w.transpose(1, 2) for b in range(n_layers)]
     resid_norm: dict[int, Tensor] = {}
@@ -254,7 +317,10 @@ def clean_pass(
 
     def on_pattern(block: int) -> Callable[..., None]:
         def hook(x: Tensor, hook: Any) -> None:
-            st = pattern_stats(x.detach(), sink_window=sink_window).double().cpu()
+            pattern = x.detach()
+            axes = ("sequence", "head", "query")
+            check_patterns(pattern, sinks=sinks, axes=axes, prefix=f"block {block}, ")
+            st = pattern_stats(pattern, sink_window=sink_window, sinks=sinks).double().cpu()
             t = totals.stats[block]
             t[..., _MEANS] += st[..., _MEANS].sum(0)
             t[..., _MINS] = torch.minimum(t[..., _MINS], st[..., _MINS].amin(0))
