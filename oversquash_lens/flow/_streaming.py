@@ -110,8 +110,9 @@ def _read_layer(
     cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
     head mean (or each head), restricted to the queries and keys up to the target. The
     statistics the validation needs (row sums, minimum, maximum above the diagonal) are taken
-    block by block while each block of the head sum is still in cache. With ``sinks="renormalize"``
-    every head's rows are first checked (sum in (0, 1 + tol]) and divided by their sums."""
+    block by block while each block of the head sum is still in cache. With learned sinks every
+    head's rows are first checked to sum to at most ``1 + tol`` (a sink cannot hide a head
+    above 1 in the mean), and with ``sinks="renormalize"`` divided by their sums."""
     src = pats[j, :, :m, :m]
     n_heads = src.shape[0]
     sums, lows, highs = [], [], []
@@ -119,8 +120,8 @@ def _read_layer(
 
     def read(q0: int, q1: int) -> Tensor:  # query rows [q0, q1) of every head, in ``dtype``
         rows = src[:, q0:q1].to(dtype)
-        if sinks == "renormalize":
-            rows = _renormalized(rows, j, q0, tol)
+        if sinks != "none":  # every head's rows, not only their mean, must sum to <= 1
+            rows = _sub_stochastic(rows, j, q0, tol, divide=sinks == "renormalize")
         return rows
 
     def take_stats(q0: int, rows: Tensor) -> None:  # rows: [group, query block, m]
@@ -147,12 +148,15 @@ def _read_layer(
     return _Layer(j, mats, row_sums, scale, sink)
 
 
-def _renormalized(rows: Tensor, layer: int, q0: int, tol: float) -> Tensor:
-    """``rows [head, q, m]`` (queries from ``q0``) divided by their sums, after checking that
-    every sum is finite and in ``(0, 1 + tol]``: a row above 1 is not attention with a learned
-    sink, and a row without mass on any key cannot be renormalised."""
+def _sub_stochastic(rows: Tensor, layer: int, q0: int, tol: float, *, divide: bool) -> Tensor:
+    """``rows [head, q, m]`` (queries from ``q0``), after checking that every row sum is finite
+    and at most ``1 + tol`` (a row above 1 is not attention with a learned sink); with
+    ``divide`` also above 0 (a row without mass on any key cannot be renormalised), and the
+    rows divided by their sums."""
     sums = rows.sum(-1, keepdim=True)
-    bad = ~torch.isfinite(sums) | (sums > 1.0 + tol) | (sums <= 0)
+    bad = ~torch.isfinite(sums) | (sums > 1.0 + tol)
+    if divide:
+        bad |= sums <= 0
     if bool(bad.any()):
         g, q, _ = (int(v) for v in bad.nonzero()[0])
         total = float(sums[g, q, 0])
@@ -168,7 +172,7 @@ def _renormalized(rows: Tensor, layer: int, q0: int, tol: float) -> Tensor:
             f"{where} sums to {total:.6g}: no mass on any key (all of it on the learned sink), "
             "so learned_sinks='renormalize' cannot renormalise it; use learned_sinks='keep'"
         )
-    return rows / sums
+    return rows / sums if divide else rows
 
 
 def _upper_max(rows: Tensor, q0: int) -> list[Tensor]:
