@@ -29,6 +29,9 @@ __all__ = [
     "fits_context",
     "options",
     "progress_flag",
+    "vector",
+    "strings",
+    "text",
 ]
 
 _DTYPES = {
@@ -89,8 +92,9 @@ def resolve_positions(positions: Any, n: int) -> Int[Tensor, " kept"]:
         return idx
     if _is_int(positions):
         return torch.tensor([resolve_index(positions, n, name="positions")])
-    if isinstance(positions, Tensor) or type(positions).__name__ == "ndarray":
-        positions = positions.flatten().tolist()  # tensors and numpy arrays alike
+    if _is_array(positions):  # tensors and numpy arrays alike: 0-d or 1-D only
+        _one_dim(positions, "positions")
+        positions = positions.reshape(-1).tolist()
     try:
         items = list(positions)
     except TypeError:
@@ -105,10 +109,27 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def _is_array(x: Any) -> bool:
+    """A torch tensor or a numpy array (numpy is not imported for the check)."""
+    return isinstance(x, Tensor) or type(x).__name__ == "ndarray"
+
+
+def _one_dim(x: Any, name: str) -> None:
+    """Refuse a tensor or array of more than one axis: flattening a ``[batch, pos]`` grid
+    would silently mix its rows."""
+    if x.ndim > 1:
+        raise InvalidArgumentError(
+            f"{name} has shape {tuple(x.shape)}: give an int, a list or a 1-D array, "
+            f"not a {x.ndim}-D one"
+        )
+
+
 def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> list[int]:
     """An int or an iterable of ints — Python, numpy or tensor integers, e.g. a numpy log
     grid — as a list of Python ints (each ``>= minimum`` unless it is None). Bools, floats,
-    strings and empty lists raise InvalidArgumentError naming the value."""
+    strings, 2-D arrays and empty lists raise InvalidArgumentError naming the value."""
+    if _is_array(values):
+        _one_dim(values, name)
     if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
         values = values.tolist()  # tensors, numpy arrays and numpy scalars
     if _is_int(values):
@@ -135,6 +156,8 @@ def block_indices(layers: Any, n_layers: int, *, name: str = "layers") -> list[i
     deduplicated, in the order given. An empty list selects no block."""
     if layers is None:
         return list(range(n_layers))
+    if _is_array(layers):
+        _one_dim(layers, name)
     if hasattr(layers, "tolist") and not isinstance(layers, (str, bytes)):
         layers = layers.tolist()
     if _is_int(layers):
@@ -159,11 +182,17 @@ def short(x: Any, limit: int = 60) -> str:
 
 
 def integer(
-    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    hint: str = "",
 ) -> int:
     """``value`` as a Python int (Python, numpy or 0-d integer tensors) within
     ``[minimum, maximum]``; bools, floats, strings and out-of-range values raise
-    InvalidArgumentError naming the value. The one integer check of the package."""
+    InvalidArgumentError naming the value (``hint``, e.g. why there is a maximum, is
+    appended to an out-of-range message). The one integer check of the package."""
     if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = value.item()
     if not _is_int(value):
@@ -171,7 +200,7 @@ def integer(
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         lo = "-inf" if minimum is None else str(minimum)
         hi = "inf" if maximum is None else str(maximum)
-        raise InvalidArgumentError(f"{name}={value} is outside [{lo}, {hi}]")
+        raise InvalidArgumentError(f"{name}={value} is outside [{lo}, {hi}]{hint}")
     return int(value)
 
 
@@ -252,3 +281,56 @@ def options(value: Any, name: str) -> dict[str, Any]:
 def progress_flag(progress: Any, default: bool) -> bool:
     """``progress`` (None = ``default``, else a bool) for tqdm's ``disable=not ...``."""
     return default if progress is None else flag(progress, "progress")
+
+
+def vector(values: Any, name: str, *, finite: bool = True) -> list[float]:
+    """One real number per item — a list, a 1-D tensor or numpy array — as Python floats;
+    strings, bools, nested lists, 2-D arrays and (when ``finite``) NaN or inf raise
+    InvalidArgumentError naming the value and its position."""
+    if _is_array(values):
+        _one_dim(values, name)
+        if values.ndim == 0:
+            raise InvalidArgumentError(f"{name}={short(values)} is a scalar: give one per item")
+        if isinstance(values, Tensor):
+            values = values.detach().cpu()
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidArgumentError(f"{name}={short(values)} must be a list or 1-D array of numbers")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise InvalidArgumentError(
+                f"{name}[{i}]={short(v)} is not a number; {name} must hold one number per item"
+            )
+        x = float(v)
+        if finite and not math.isfinite(x):
+            raise InvalidArgumentError(
+                f"{name}[{i}]={x!r} is not finite; replace NaN/inf first (e.g. numpy.nan_to_num)"
+            )
+        out.append(x)
+    return out
+
+
+def strings(values: Any, name: str) -> list[str]:
+    """A list (or tuple, or other non-string iterable) of strings as a list; a bare string, a
+    tensor of ids or any non-string element raise InvalidArgumentError naming it."""
+    if isinstance(values, (str, bytes, Mapping)) or _is_array(values):
+        raise InvalidArgumentError(
+            f"{name}={short(values)} must be a list of strings (e.g. model.to_str_tokens(text))"
+        )
+    if not isinstance(values, Iterable):
+        raise InvalidArgumentError(f"{name}={short(values)} must be a list of strings")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise InvalidArgumentError(
+                f"{name}[{i}]={short(v)} is not a string; convert first, e.g. [str(t) for t in ...]"
+            )
+    return out
+
+
+def text(value: Any, name: str) -> str:
+    """``value`` if it is a string, else InvalidArgumentError naming it."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{name}={short(value)} must be a string")
+    return value

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import _tl
+from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import InvalidArgumentError
 
@@ -48,6 +48,12 @@ __all__ = [
 ]
 
 KINDS = ("Q", "K", "V")
+#: Most Monte Carlo samples of :func:`random_composition_baseline` (its standard error at the
+#: default 256 is already ~1/16 of the spread; 10**5 takes minutes for a large d_model).
+MAX_BASELINE_SAMPLES = 100_000
+#: Largest ``d_model · d_head`` of the baseline's random factors (a chunk of 64 samples holds
+#: four ``[64, d_model, d_head]`` float64 tensors: 2 GiB each at this size).
+_MAX_FACTOR = 1 << 22
 
 Scores = Float[Tensor, "layer head_index layer head_index"]
 
@@ -182,10 +188,20 @@ def random_composition_baseline(
     ``U [d_model, d_head]`` and ``V [d_head, d_model]`` (Monte Carlo, private generator with
     ``seed``). All three kinds share it (same shapes). For reference, rotation invariance gives
     ``E[score²] = 1/d_model`` exactly, so the mean sits just below ``1/sqrt(d_model)``."""
-    for name, value in (("d_model", d_model), ("d_head", d_head), ("n_samples", n_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
-    gen = torch.Generator().manual_seed(int(seed))
+    d_model = _validate.integer(d_model, "d_model", minimum=1)
+    d_head = _validate.integer(d_head, "d_head", minimum=1)
+    n_samples = _validate.integer(
+        n_samples, "n_samples", minimum=1, maximum=MAX_BASELINE_SAMPLES,
+        hint=" (a Monte Carlo mean: more samples only shrink its tiny standard error)",
+    )  # fmt: skip
+    seed = _validate.integer(seed, "seed")
+    if d_model * d_head > _MAX_FACTOR:
+        raise InvalidArgumentError(
+            f"d_model={d_model}, d_head={d_head}: random factors of {d_model * d_head} entries "
+            f"exceed {_MAX_FACTOR} (64 samples at once would need "
+            f"{4 * 64 * 8 * d_model * d_head / 2**30:.3g} GiB)"
+        )
+    gen = torch.Generator().manual_seed(seed)
     values = []
     for start in range(0, n_samples, 64):
         k = min(64, n_samples - start)
@@ -291,6 +307,8 @@ def composition(
     """
     kind = _check_kind(kind)
     dtype = _check_dtype(dtype)
+    _validate.integer(baseline_samples, "baseline_samples", minimum=1, maximum=MAX_BASELINE_SAMPLES)
+    _validate.integer(seed, "seed")
     info = _tl.model_info(model)
     left, right, folded = head_cores(
         model, kind, fold_norm=_flag(fold_norm, "fold_norm"), dtype=dtype

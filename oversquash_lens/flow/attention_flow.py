@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import _validate
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidPatternError
 from .rollout import Patterns, _as_patterns, rollout_matrices
 
 __all__ = ["attention_flow", "MAX_SIZE"]
@@ -68,8 +68,7 @@ def attention_flow(
     pats, _ = _as_patterns(patterns)
     n_layers, n = pats.shape[0], pats.shape[-1]
     t = _validate.resolve_index(target, n, name="target")
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise InvalidArgumentError(f"max_size={max_size!r} must be a positive int")
+    max_size = _validate.integer(max_size, "max_size", minimum=1)
     m = t + 1
     if m * n_layers > max_size:
         raise InvalidArgumentError(
@@ -77,10 +76,52 @@ def attention_flow(
             f"{m * n_layers}) exceeds max_size={max_size}: its cost grows like n³·L²; pass a "
             "larger max_size, an earlier target, or use attention_rollout"
         )
+    _check_heads(pats, m)
     caps = rollout_matrices(pats, residual=residual, size=m).double().cpu()
     out = torch.zeros(n, dtype=torch.float64)
     out[:m] = torch.tensor(_max_flows(caps, t), dtype=torch.float64)
     return out
+
+
+def _check_heads(pats: Tensor, m: int) -> None:
+    """Every head (not only their mean, which is what the capacities use) must be a
+    post-softmax causal pattern on the first ``m`` positions: finite, non-negative, rows
+    summing to 1, nothing above the diagonal. Heads that cancel each other's negative or
+    excess weights would otherwise pass as a valid mean."""
+    p = pats[:, :, :m, :m]
+    tol = max(1e-4, 4 * torch.finfo(p.dtype).eps)
+
+    def where(idx: Tensor) -> str:
+        layer, head, q, *k = (int(v) for v in idx[0])
+        return f"layer {layer}, head {head}, query {q}" + (f", key {k[0]}" if k else "")
+
+    bad = ~torch.isfinite(p)
+    if bool(bad.any()):
+        idx = bad.nonzero()
+        raise InvalidPatternError(f"patterns contain {float(p[tuple(idx[0])])} at {where(idx)}")
+    low = p < -tol
+    if bool(low.any()):
+        idx = low.nonzero()
+        raise InvalidPatternError(
+            f"patterns contain a negative weight {float(p[tuple(idx[0])]):.6g} at {where(idx)} "
+            "(each head must be post-softmax attention, not only their mean)"
+        )
+    above = torch.triu(p, 1) > tol
+    if bool(above.any()):
+        idx = above.nonzero()
+        raise InvalidPatternError(
+            f"patterns are not causal: {where(idx)} holds {float(p[tuple(idx[0])]):.6g} "
+            "above the diagonal"
+        )
+    sums = p.double().sum(-1)
+    off = (sums - 1.0).abs() > tol
+    if bool(off.any()):
+        idx = off.nonzero()
+        raise InvalidPatternError(
+            f"patterns are not row-stochastic: {where(idx)} sums to "
+            f"{float(sums[tuple(idx[0])]):.6g} (expected 1 ± {tol:.1g}); pass post-softmax "
+            "attention of every head"
+        )
 
 
 def _edges(caps: Tensor) -> tuple[list[int], list[int], list[float]]:

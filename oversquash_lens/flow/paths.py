@@ -55,8 +55,17 @@ from torch import Tensor
 from .. import _validate
 from ..errors import InvalidArgumentError
 
-__all__ = ["path_counts"]
+__all__ = ["path_counts", "MAX_TOKENS", "MAX_LAYERS"]
 
+#: Largest ``n_tokens`` accepted (a 10**7-entry float64 tensor is 80 MB; beyond, refuse
+#: before allocating rather than fail inside torch).
+MAX_TOKENS = 10**7
+#: Largest ``n_layers`` accepted.
+MAX_LAYERS = 10**6
+#: Memory the exact integers may take (estimated from the largest count's bit length).
+_EXACT_BYTES = 1 << 30
+#: Terms ``(target + 1) · n_layers`` of the residual-variant logsumexp (~30 s at 10**9).
+_LOG_WORK = 10**9
 #: Entries of the [positions, k] table evaluated at once by the residual-variant logsumexp.
 _LOG_CHUNK = 1 << 21
 _LOG2 = math.log(2.0)
@@ -96,13 +105,16 @@ def path_counts(
         ``list[int]`` of length ``n_tokens`` (exact, arbitrarily large), or a ``[pos]`` float64
         tensor of ``log(count)`` when ``log=True``. Positions after ``target`` have 0 paths.
     """
-    n = _check_int(n_tokens, "n_tokens", minimum=1)
-    layers = _check_int(n_layers, "n_layers", minimum=0)
+    n = _validate.integer(
+        n_tokens, "n_tokens", minimum=1, maximum=MAX_TOKENS,
+        hint=" (path_counts keeps one value per position; MAX_TOKENS bounds its memory)",
+    )  # fmt: skip
+    layers = _validate.integer(n_layers, "n_layers", minimum=0, maximum=MAX_LAYERS)
     t = _validate.resolve_index(target, n, name="target")
-    for flag, name in ((residual_edges, "residual_edges"), (log, "log")):
-        if not isinstance(flag, bool):
-            raise InvalidArgumentError(f"{name}={flag!r} must be True or False")
+    _validate.flag(residual_edges, "residual_edges")
+    _validate.flag(log, "log")
     w = None if window is None else _validate.integer(window, "window", minimum=1)
+    _check_cost(n, t, layers, residual_edges, w if w is not None and w <= t else None, log)
     if w is not None and w <= t:  # a window narrower than the distances involved
         by_distance = _windowed(t, layers, w, residual_edges)
         if log:
@@ -118,12 +130,30 @@ def path_counts(
     return by_distance[::-1] + [0] * (n - t - 1)
 
 
-def _check_int(value: int, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name}={value!r} must be an int")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name}={value} must be >= {minimum}")
-    return value
+def _check_cost(n: int, t: int, layers: int, residual: bool, w: int | None, log: bool) -> None:
+    """Refuse, before any work, a call whose exact integers (also behind windowed logs) would
+    not fit in :data:`_EXACT_BYTES` or whose residual logsumexp exceeds :data:`_LOG_WORK`
+    terms."""
+    if not log or w is not None:
+        # every count is at most 2^L·C(t + L − 1, L − 1) (C(t + L − 1, L − 1) without residual
+        # edges), and under a window at most (w + 1)^L (w^L): a row sum of (B + I)^L (B^L)
+        lg = math.lgamma(t + layers) - math.lgamma(layers) - math.lgamma(t + 1) if layers else 0.0
+        bits = lg / _LOG2 + (layers if residual else 0)
+        if w is not None:
+            bits = min(bits, layers * math.log2(w + 1 if residual else w))
+        size = 8 * n + (t + 1) * (28 + bits / 8)  # list slots + int objects (upper bound)
+        if size > _EXACT_BYTES:
+            raise InvalidArgumentError(
+                f"path_counts(n_tokens={n}, n_layers={layers}): the exact counts (up to "
+                f"{bits:.3g} bits each) would take about {size / 2**30:.3g} GiB; pass "
+                "log=True (natural logs, float64), fewer tokens or an earlier target"
+            )
+    elif residual and (t + 1) * layers > _LOG_WORK:
+        raise InvalidArgumentError(
+            f"path_counts(n_tokens={n}, n_layers={layers}, residual_edges=True, log=True) sums "
+            f"{(t + 1) * layers:.3g} terms (more than {_LOG_WORK:.0e}: minutes of work); "
+            "pass fewer tokens, an earlier target or fewer layers"
+        )
 
 
 def _plain(d_max: int, layers: int) -> list[int]:

@@ -40,6 +40,8 @@ __all__ = ["Sensitivity", "token_sensitivity"]
 
 #: Rough activation budget of one chunk (bytes) when ``chunk_size`` is not given.
 _CHUNK_BYTES = 512 << 20
+#: Most bytes the Gaussian probes of ``method="estimate"`` (float64, all layers) may take.
+_PROBE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,10 @@ def token_sensitivity(
     t = _validate.resolve_index(target, toks.shape[1], name="target")
     if method not in ("exact", "estimate"):
         raise InvalidArgumentError(f"method={method!r} must be 'exact' or 'estimate'")
-    probes = _positive_int(n_probes, "n_probes") if method == "estimate" else None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidArgumentError(f"seed={seed!r} must be an int")
+    m, d, n_layers = t + 1, info.d_model, info.n_layers
+    probes = _probes(n_probes, n_layers, d) if method == "estimate" else None
+    seed = _validate.integer(seed, "seed")
     run = toks[:, : t + 1]
-    m, d, n_layers = run.shape[1], info.d_model, info.n_layers
     device, dtype = _tl.model_device(model), _tl.model_dtype(model)
 
     if probes is None:  # cotangents per layer: one-hot coordinates, or Gaussian probes
@@ -169,10 +170,10 @@ def token_sensitivity(
     if chunk_size is None:
         per_cotangent = 4 * m * (24 * d + 4 * info.n_heads * m)  # rough backward working set
         chunk_size = max(1, _CHUNK_BYTES // per_cotangent)
-    chunk = _positive_int(chunk_size, "chunk_size")
+    chunk = _validate.integer(chunk_size, "chunk_size", minimum=1)
 
     jobs = [(layer, s) for layer in range(n_layers) for s in range(0, cot.shape[1], chunk)]
-    show = progress if progress is not None else len(jobs) > 4
+    show = _validate.progress_flag(progress, len(jobs) > 4)
     squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
     try:
         with torch.enable_grad(), _tl.preserved(model, freeze=True):
@@ -229,10 +230,15 @@ def _forward_from_leaf(
     return leaf, [outputs[layer] for layer in range(1, n_layers + 1)]
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
-    return value
+def _probes(n_probes: Any, n_layers: int, d_model: int) -> int:
+    """``n_probes`` checked before the probes are drawn: all ``n_layers · n_probes · d_model``
+    float64 values must fit in :data:`_PROBE_BYTES`."""
+    most = max(1, _PROBE_BYTES // (8 * n_layers * d_model))
+    return _validate.integer(
+        n_probes, "n_probes", minimum=1, maximum=most,
+        hint=f" (the probes of {n_layers} layers x d_model={d_model} must fit in "
+        f"{_PROBE_BYTES >> 20} MiB; method='exact' needs only d_model={d_model} VJPs per layer)",
+    )  # fmt: skip
 
 
 def _labels(model: Any, ids: Tensor) -> tuple[str, ...]:

@@ -62,8 +62,8 @@ def ssmax_beta(
     ``m_i = i + 1`` keys (``min(i + 1, window)`` under a sliding window)."""
     s = _check_s(s)
     m = torch.arange(key_len - query_len + 1, key_len + 1, dtype=torch.float64)
-    if window is not None:
-        m = m.clamp(max=_validate.integer(window, "window", minimum=1))
+    if window is not None:  # a window wider than the keys changes nothing (and may be huge)
+        m = m.clamp(max=min(_validate.integer(window, "window", minimum=1), max(key_len, 1)))
     return s * m.clamp(min=1).log()
 
 
@@ -79,6 +79,7 @@ def ssmax_pattern(
     and rows without a positive weight are left as they are. ``sink=True`` scales a learned
     sink's logit (its mass ``1 − Σ_j p_ij``) too."""
     beta = ssmax_beta(pattern.shape[-2], pattern.shape[-1], s, window=window)
+    sink = _validate.flag(sink, "sink")
     p = pattern.double()
     if sink:
         p = torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp(min=0)], dim=-1)

@@ -45,6 +45,10 @@ def _entropy(p: Tensor, dim: int) -> Tensor:
     return -(p * logp).sum(dim)
 
 
+def _check_threshold(threshold: Any) -> float:
+    return _validate.number(threshold, "threshold", minimum=0.0)  # an entropy (nats)
+
+
 def _beta_from_entropy(h: Tensor, threshold: float, coefficients: Sequence[float]) -> Tensor:
     poly = torch.zeros_like(h)
     for c in coefficients:  # Horner, highest degree first
@@ -59,6 +63,8 @@ def adaptive_beta(
     coefficients: Sequence[float] = COEFFICIENTS,
 ) -> Float[Tensor, "*batch"]:
     """β per row of ``logits`` (last axis): max(poly(H), 1) when H(softmax) > threshold else 1."""
+    threshold = _check_threshold(threshold)
+    coefficients = _check_coefficients(coefficients)
     p = torch.softmax(logits.double(), dim=-1)
     return _beta_from_entropy(_entropy(p, -1), threshold, coefficients).to(logits.dtype)
 
@@ -82,6 +88,8 @@ def adaptive_pattern(
 ) -> Float[Tensor, "*batch key_pos"]:
     """Adaptive temperature applied to post-softmax rows: softmax(β·log p) = p^β / Σ p^β,
     which equals :func:`adaptive_softmax` of the scores (masked zeros stay exactly 0)."""
+    threshold = _check_threshold(threshold)
+    coefficients = _check_coefficients(coefficients)
     p = pattern.double()
     beta = _beta_from_entropy(_entropy(p, -1), threshold, coefficients)
     logp = torch.where(
@@ -106,7 +114,7 @@ def adaptive_temperature(
     its output (checked with a 3-token probe), instead of silently changing nothing."""
     info = _tl.require_attention(model)
     blocks = _validate.block_indices(layers, info.n_layers)
-    threshold = _validate.number(threshold, "threshold", minimum=0.0)  # an entropy (nats)
+    threshold = _check_threshold(threshold)
     coefficients = _check_coefficients(coefficients)
 
     def hook(pattern: Tensor, hook: Any) -> Tensor:
@@ -120,6 +128,8 @@ def adaptive_temperature(
 
 def _check_coefficients(coefficients: Any) -> tuple[float, ...]:
     """The polynomial's coefficients as finite floats (NaN or inf would give NaN logits)."""
+    if isinstance(coefficients, Tensor):
+        coefficients = coefficients.detach().cpu().reshape(-1).tolist()
     if isinstance(coefficients, (str, bytes)) or not isinstance(coefficients, Iterable):
         raise InvalidArgumentError(f"coefficients={coefficients!r} must be a list of numbers")
     try:

@@ -57,7 +57,9 @@ def window_mask(
     """Allowed (query, key) pairs: key ``j`` for query ``i`` iff ``i − window < j ≤ i``, where
     the queries are the last ``query_len`` of ``key_len`` positions (``i = key_len − query_len +
     row``)."""
-    w = _validate.integer(window, "window", minimum=1)
+    # a window of key_len keys or more changes nothing; clamping keeps a huge int (10**30)
+    # out of the int64 comparison below
+    w = min(_validate.integer(window, "window", minimum=1), max(key_len, 1))
     i = torch.arange(key_len - query_len, key_len, device=device)[:, None]
     j = torch.arange(key_len, device=device)[None, :]
     return (j <= i) & (j > i - w)
@@ -73,6 +75,7 @@ def window_pattern(
 
     Rows whose allowed weights are all 0 (underflow) become uniform over the window and raise
     a ``RuntimeWarning``."""
+    sink = _validate.flag(sink, "sink")
     work = torch.promote_types(pattern.dtype, torch.float32)
     p = pattern.to(work)
     allowed = window_mask(p.shape[-2], p.shape[-1], window, device=p.device)

@@ -34,6 +34,7 @@ _INT = re.compile(r"-?\d+")
 
 def read_answer(text: str) -> str:
     """The first integer in ``text`` (the model's answer), or the stripped text if none."""
+    _validate.text(text, "text")
     match = _INT.search(text)
     return match.group(0) if match else text.strip()
 

@@ -39,7 +39,7 @@ from ..errors import InvalidArgumentError
 __all__ = [
     "Pair", "Prompt", "REMEDIES", "RANDOM_TASKS", "repeated_pair",
     "alternating_pair", "copy_pair", "counting_prompt", "copying_prompt", "task_pair",
-    "task_prompt", "pair_tasks", "prompt_tasks", "applicable_remedies",
+    "task_prompt", "pair_tasks", "prompt_tasks", "applicable_remedies", "MAX_ITEMS",
 ]  # fmt: skip
 
 Piece = str | int | Sequence[int]
@@ -59,6 +59,12 @@ _TEMPLATES = {
 }
 _HINT = "Hint: go through the sequence one item at a time."
 _WORDS = ("the", "cat", "sat", "on", "mat", "dog", "ran", "and", "a")
+#: Most items a builder lays out when the model's context is shorter (every item is at least
+#: one token, so a longer prompt could never run; refused before any list is built).
+MAX_ITEMS = 1 << 20
+#: Pieces that must not encode to the tokenizer's unknown token: the items, separators and
+#: fillers (the prompt text around them, and a sum's built-in "+", may: they frame the items).
+_CHECKED = ("item", "sep", "filler")
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class _Codec:
             symbols = getattr(model, "oversquash_symbols", None) if model is not None else None
         self.symbols: Mapping[str, Any] = {} if symbols is None else symbols
         self._cache: dict[str, list[int]] = {}
+        self.unk = _unknown_id(self.tokenizer)
         if bos == "auto":
             tok_bos = getattr(self.tokenizer, "bos_token_id", None)
             use = self.tokenizer is not None and _tl.prepends_bos(model)
@@ -137,6 +144,13 @@ class _Codec:
             self._cache[text] = list(self.tokenizer.encode(text, add_special_tokens=False))
         if piece and not self._cache[text]:
             raise InvalidArgumentError(f"{name}={piece!r} encodes to no tokens")
+        if self.unk is not None and name in _CHECKED and self.unk in self._cache[text]:
+            unk = getattr(self.tokenizer, "unk_token", None)
+            raise InvalidArgumentError(
+                f"{name}={piece!r} encodes to the tokenizer's unknown token {unk!r} "
+                f"(id {self.unk}): the model cannot tell it from any other unknown text; "
+                "choose a piece in its vocabulary"
+            )
         return self._cache[text]
 
     def text(self, text: Piece) -> list[int]:
@@ -146,7 +160,32 @@ class _Codec:
         return self.ids(text, name="template") if self.has_text and text else []
 
 
-def _split(template: str) -> tuple[str, str]:
+def _unknown_id(tokenizer: Any) -> int | None:
+    """The tokenizer's unknown-token id, unless it doubles as BOS/EOS/pad (GPT-2's
+    ``<|endoftext|>``: then it only appears for that literal text, which is no accident)."""
+    unk = getattr(tokenizer, "unk_token_id", None) if tokenizer is not None else None
+    if not isinstance(unk, int):
+        return None
+    special = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    return None if unk in special else unk
+
+
+def _fits(model: Any, n: int, extra: int = 0, *, name: str = "n") -> None:
+    """Refuse ``n + extra`` items beyond ``max(n_ctx, MAX_ITEMS)`` before building anything
+    (longer prompts of a model may still be built: callers check them against n_ctx)."""
+    cfg = getattr(model, "cfg", None) if model is not None else None
+    n_ctx = getattr(cfg, "n_ctx", None)
+    limit = max(n_ctx, MAX_ITEMS) if isinstance(n_ctx, int) else MAX_ITEMS
+    if n + extra > limit:
+        ctx = f"the model's n_ctx={n_ctx} and " if isinstance(n_ctx, int) else ""
+        raise InvalidArgumentError(
+            f"{name}={n}: {n + extra} items exceed {ctx}MAX_ITEMS={MAX_ITEMS} (every item is "
+            "at least one token, so such a prompt could never run); choose a smaller length"
+        )
+
+
+def _split(template: Any) -> tuple[str, str]:
+    _validate.text(template, "template")
     if template.count("{items}") != 1:
         raise InvalidArgumentError(f"template={template!r} must contain '{{items}}' exactly once")
     prefix, suffix = template.split("{items}")
@@ -156,14 +195,16 @@ def _split(template: str) -> tuple[str, str]:
 def _sequence(
     codec: _Codec, items: Sequence[Piece], *, prefix: Piece = "", suffix: str = "",
     sep: Piece | None = None, every: int = 3, filler: Piece | None = None, joiner: str = " ",
+    filler_name: str = "filler",
 ) -> list[int]:  # fmt: skip
     """BOS + prefix + items (a separator after every ``every``-th item but the last, or a
     filler between items) + suffix, concatenated from per-piece token ids."""
     _validate.integer(every, "every", minimum=1)
+    _validate.text(joiner, "joiner")
     out = codec.bos + codec.text(prefix)
     for i, item in enumerate(items):
         if i and filler is not None:
-            out += codec.ids(filler, joiner=joiner, name="filler")
+            out += codec.ids(filler, joiner=joiner, name=filler_name)
         out += codec.ids(item, joiner=joiner)
         if sep is not None and (i + 1) % every == 0 and i + 1 < len(items):
             out += codec.ids(sep, name="sep")
@@ -189,8 +230,9 @@ def repeated_pair(
     interleaves a filler piece between items. The extension is verified to equal the base
     followed by exactly the ids of one more item (plus its due separator/filler).
     """
-    codec = _Codec(model, bos=bos, symbols=symbols)
     n = _check_n(n)
+    _fits(model, n, 1)  # the extension has n + 1 items
+    codec = _Codec(model, bos=bos, symbols=symbols)
     kw: dict[str, Any] = dict(prefix=prefix, sep=sep, every=every, filler=filler, joiner=joiner)
     base = _sequence(codec, [item] * n, **kw)
     ext = _sequence(codec, [item] * (n + 1), **kw)
@@ -208,8 +250,11 @@ def alternating_pair(
 ) -> Pair:  # fmt: skip
     """``a b a b …`` vs ``b a b a …`` of n items each: Prop B.4's counter-example, whose
     last-token representations do not collapse."""
-    codec = _Codec(model, bos=bos, symbols=symbols)
     n = _check_n(n, 2)
+    _fits(model, n)
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) != 2:
+        raise InvalidArgumentError(f"items={_validate.short(items)} must be a pair (a, b)")
+    codec = _Codec(model, bos=bos, symbols=symbols)
     a, b = items
     base = _sequence(
         codec, [a if i % 2 == 0 else b for i in range(n)], prefix=prefix, joiner=joiner
@@ -225,8 +270,9 @@ def copy_pair(
 ) -> Pair:  # fmt: skip
     """Copying pairs. ``which="last"``: ``1…1 0`` vs ``1…1 0 0`` (Fig 1's ones followed by a
     zero, last token repeated); ``which="first"``: ``0 1…1`` vs ``1 1…1`` (same length)."""
-    codec = _Codec(model, bos=bos, symbols=symbols)
     n = _check_n(n, 2)
+    _fits(model, n, 1 if which == "last" else 0)
+    codec = _Codec(model, bos=bos, symbols=symbols)
     kw: dict[str, Any] = dict(prefix=prefix, joiner=joiner)
     if which == "last":
         base = _sequence(codec, [item] * (n - 1) + [other], **kw)
@@ -258,6 +304,9 @@ def counting_prompt(
     except ``"repeat-final"`` (it would change the count) and, for sums, ``"interleave"`` and
     ``"separators"`` (either would sit between an item and its "+")."""
     n = _check_n(n)
+    _fits(model, n)
+    _validate.integer(seed, "seed")
+    _validate.text(word, "word")
     if kind not in ("ones", "bernoulli", "word", "sum"):
         raise InvalidArgumentError(f"kind={kind!r} must be 'ones', 'bernoulli', 'word' or 'sum'")
     if remedy == "repeat-final" or (kind == "sum" and remedy in _BREAK_SUMS):
@@ -271,14 +320,21 @@ def counting_prompt(
         items = ["1" if rng.random() < p else "0" for _ in range(n)]
         answer = items.count("1")
     elif kind == "word":
+        if word not in _WORDS:
+            raise InvalidArgumentError(
+                f"word={_validate.short(word)} is not one of the words drawn {list(_WORDS)}: "
+                "its count would always be 0"
+            )
         items = [rng.choice(_WORDS) for _ in range(n)]
         answer = items.count(word)
     else:
         items, answer = ["1"] * n, n
     between = "+" if kind == "sum" else (filler if remedy == "interleave" else None)
-    tmpl = (template or _TEMPLATES[kind]).replace("{word}", word)
+    tmpl = _validate.text(template or _TEMPLATES[kind], "template").replace("{word}", word)
     name = "sum-ones" if kind == "sum" else f"count-{kind}"
     opts: dict[str, Any] = dict(every=every, sep=sep, filler=between, hint=hint)
+    if kind == "sum":
+        opts["filler_name"] = "operator"  # the built-in "+": not a user piece, not checked
     return _prompt(model, items, str(answer), name, n, remedy, tmpl, bos, symbols, **opts)
 
 
@@ -292,6 +348,7 @@ def copying_prompt(
     ``remedy="repeat-final"`` (last only) writes the final item ``repeat`` more times."""
     n = _check_n(n, 2)
     repeat = _validate.integer(repeat, "repeat", minimum=0)
+    _fits(model, n, repeat if remedy == "repeat-final" else 0)
     if which not in ("last", "first"):
         raise InvalidArgumentError(f"which={which!r} must be 'last' or 'first'")
     items = [item] * (n - 1) + [other] if which == "last" else [other] + [item] * (n - 1)
@@ -308,14 +365,16 @@ def copying_prompt(
 def _prompt(
     model: Any, items: list[str], answer: str, task: str, n: int, remedy: str, template: str,
     bos: Any, symbols: Mapping[str, Any] | None, *, every: int, sep: Piece,
-    filler: Piece | None, hint: str,
+    filler: Piece | None, hint: str, filler_name: str = "filler",
 ) -> Prompt:  # fmt: skip
     codec = _Codec(model, bos=bos, symbols=symbols)
     kw = _remedy_kwargs(remedy, every, sep)
     prefix, suffix = _split(template)
     if remedy == "hint":
         prefix = f"{hint} {prefix}".strip()
-    ids = _sequence(codec, items, prefix=prefix, suffix=suffix, filler=filler, **kw)
+    ids = _sequence(
+        codec, items, prefix=prefix, suffix=suffix, filler=filler, filler_name=filler_name, **kw
+    )
     tok = codec.tokenizer
     text = tok.decode(ids[len(codec.bos) :]) if tok is not None else ""
     return Prompt(torch.tensor(ids, dtype=torch.long), answer, task, n, remedy, text)
@@ -324,6 +383,7 @@ def _prompt(
 # --------------------------------------------------------------------------- registry
 def _prompt_pair(model: Any, n: int, *, task: str, **kw: Any) -> Pair:
     """Prompts of n and n+1 items: the pair the model must tell apart to answer right."""
+    _fits(model, _check_n(n), 1)
     a, b = task_prompt(model, task, n, **kw), task_prompt(model, task, n + 1, **kw)
     name = task if kw.get("remedy", "none") == "none" else f"{task}-{kw['remedy']}"
     return Pair(a.tokens, b.tokens, name, n)

@@ -11,6 +11,7 @@ Example:
 
 import html
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .. import _validate
 from ..errors import InvalidArgumentError
 
 __all__ = [
@@ -77,19 +79,24 @@ def _close_div(source: str) -> str:
     return _SELF_CLOSED_DIV.sub(r"\1></div>", source, count=1)
 
 
-def _as_list(values: Any) -> list[float]:
+def _as_list(values: Any, name: str = "values", *, finite: bool = True) -> list[float]:
+    """One number per token (a list, 1-D tensor or array) as floats; strings, nested lists,
+    2-D arrays and (``finite``) NaN/inf raise InvalidArgumentError naming them."""
     if isinstance(values, Tensor):
-        values = values.detach().float().cpu().numpy()
-    return np.asarray(values, dtype=np.float64).tolist()
+        values = values.detach().float().cpu()  # bfloat16 etc. have no numpy dtype
+    return _validate.vector(values, name, finite=finite)
 
 
 def colored_tokens(tokens: Sequence[str], values: Values, *, title: str = "") -> View:
-    """Tokens colored by one value each (e.g. measured sensitivity toward the target)."""
+    """Tokens colored by one value each (e.g. measured sensitivity toward the target).
+    Values must be finite (NaN/inf would not render; :func:`colored_tokens_multi` maps them
+    to 0)."""
     import circuitsvis.tokens as cvt
 
+    tokens = _validate.strings(tokens, "tokens")
     vals = _as_list(values)
     _check_len(tokens, vals)
-    return View(cvt.colored_tokens(list(map(str, tokens)), vals), title)
+    return View(cvt.colored_tokens(tokens, vals), _validate.text(title, "title"))
 
 
 def colored_tokens_multi(
@@ -114,12 +121,22 @@ def colored_tokens_multi(
     """
     import circuitsvis.tokens as cvt
 
+    tokens = _validate.strings(tokens, "tokens")
+    if not isinstance(measures, Mapping):
+        raise InvalidArgumentError(
+            f"measures={_validate.short(measures)} must be a dict of named values, e.g. "
+            "{'sensitivity': values} (for one measure use colored_tokens)"
+        )
     if not measures:
         raise InvalidArgumentError("measures={} is empty: give at least one named measure")
-    if scale not in ("per-measure", "shared"):
-        raise InvalidArgumentError(f"scale={scale!r} must be 'per-measure' or 'shared'")
+    _validate.strings(list(measures), "measure names")
+    _validate.choice(scale, "scale", ("per-measure", "shared"))
+    _validate.text(title, "title")
     names = list(measures)
-    logged = set(names) if log is True else set() if log is False else set(log)
+    if isinstance(log, bool):
+        logged = set(names) if log else set()
+    else:
+        logged = set(_validate.strings(log, "log"))
     unknown = sorted(logged - set(names))
     if unknown:
         raise InvalidArgumentError(f"log={unknown} names no measure; measures: {names}")
@@ -129,7 +146,7 @@ def colored_tokens_multi(
         names = [selected] + [n for n in names if n != selected]  # circuitsvis shows the first
     columns, labels = [], []
     for name in names:
-        col = _as_list(measures[name])
+        col = _as_list(measures[name], f"measures[{name!r}]", finite=False)  # NaN/inf -> 0
         _check_len(tokens, col, name=name)
         label = name
         if scale == "per-measure":
@@ -137,7 +154,7 @@ def colored_tokens_multi(
         columns.append(col)
         labels.append(label)
     matrix = torch.tensor(np.nan_to_num(np.array(columns, dtype=np.float64).T).astype(np.float32))
-    rendered = cvt.colored_tokens_multi(list(map(str, tokens)), matrix, labels)
+    rendered = cvt.colored_tokens_multi(tokens, matrix, labels)
     return View(rendered, title)
 
 
@@ -175,18 +192,34 @@ def attention_heads(
     responsive. (The shape is validated by hand, with an OversquashError naming it.)"""
     import circuitsvis.attention as cva
 
-    attention = torch.as_tensor(attention).detach().float().cpu()
+    if not isinstance(attention, (Tensor, np.ndarray)):
+        raise InvalidArgumentError(
+            f"attention={_validate.short(attention)} must be a [head, query, key] tensor or "
+            "numpy array"
+        )
+    attention = torch.as_tensor(attention).detach()
+    if not attention.is_floating_point():
+        raise InvalidArgumentError(f"attention must hold weights, got dtype {attention.dtype}")
+    attention = attention.float().cpu()
     if attention.ndim != 3 or attention.shape[1] != attention.shape[2]:
         raise InvalidArgumentError(
             f"attention must be [head, query, key] with query == key, got {tuple(attention.shape)}"
         )
+    if not bool(torch.isfinite(attention).all()):
+        bad = (~torch.isfinite(attention)).nonzero()[0].tolist()
+        raise InvalidArgumentError(
+            f"attention contains {float(attention[tuple(bad)])} at [head, query, key]={bad}; "
+            "pass finite post-softmax weights"
+        )
+    tokens = _validate.strings(tokens, "tokens")
     _check_len(tokens, range(attention.shape[-1]), name="attention positions")
-    names = list(head_names) if head_names is not None else None
+    names = _validate.strings(head_names, "head_names") if head_names is not None else None
     if names is not None and len(names) != attention.shape[0]:
         raise InvalidArgumentError(
             f"head_names has {len(names)} names for {attention.shape[0]} heads"
         )
-    tokens = list(map(str, tokens))
+    max_tokens = _validate.integer(max_tokens, "max_tokens", minimum=1)
+    title = _validate.text(title, "title")
     if len(tokens) > max_tokens:
         attention = attention[:, -max_tokens:, -max_tokens:]
         tokens = tokens[-max_tokens:]
@@ -249,6 +282,12 @@ h1, h2 { border-bottom: 1px solid #ccc; }
 def html_document(items: Iterable[Any], *, title: str = "oversquash_lens") -> str:
     """One self-contained page: each item's HTML, with the circuitsvis bundle and plotly.js
     inlined at most once each."""
+    if isinstance(items, (str, bytes, View, Columns)) or not isinstance(items, Iterable):
+        raise InvalidArgumentError(
+            f"items={_validate.short(items)} must be a list of page items (Views, plotly "
+            "figures, result objects, HTML strings); wrap a single one as [item]"
+        )
+    _validate.text(title, "title")
     parts, need_cv, need_plotly = [], False, False
     for item in items:
         frag, cv, pl = _fragment(item)
@@ -270,6 +309,8 @@ def save_html(view: Any, path: str | Path, *, title: str = "oversquash_lens") ->
     """Write a view, a figure, a result object, or a list of them, to one self-contained HTML
     file that renders with no network access. Returns the path."""
     items = view if isinstance(view, (list, tuple)) else [view]
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path={_validate.short(path)} must be a file path (str)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_document(items, title=title), encoding="utf-8")
