@@ -3,6 +3,15 @@
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+
+def status_mib(field: str) -> float:
+    """A ``/proc/self/status`` size field (VmRSS, VmHWM, VmSize) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def best_time(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> float:

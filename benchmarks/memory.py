@@ -42,18 +42,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gpt2_small_shaped  # noqa: E402
+from _common import status_mib as _status_mib  # noqa: E402
 
 from oversquash_lens import _tl, capture_residuals, token_sensitivity  # noqa: E402
 
 MIB = 1 << 20
 D_MODEL, HEADS, LAYERS = 768, 12, 12
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _graph(model, toks) -> None:

@@ -30,6 +30,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ModelCard": (".models", "ModelCard"),
     "ResidualStates": (".collapse", "ResidualStates"),
     "capture_residuals": (".collapse", "capture_residuals"),
+    "eager_attention": ("._tl.fused", "eager_attention"),
     "CollapseCurve": (".collapse", "CollapseCurve"),
     "collapse_curve": (".collapse", "collapse_curve"),
     "AccuracyReport": (".tasks", "AccuracyReport"),
@@ -81,6 +82,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the real names
+    from ._tl.fused import eager_attention as eager_attention
     from .circuits import Composition as Composition
     from .circuits import PathExpansion as PathExpansion
     from .circuits import circuit_summaries as circuit_summaries
@@ -135,6 +137,7 @@ __all__ = [
     "ModelCard",
     "ResidualStates",
     "capture_residuals",
+    "eager_attention",
     "CollapseCurve",
     "collapse_curve",
     "AccuracyReport",

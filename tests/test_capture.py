@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from oversquash_lens import InvalidTokensError, OversquashError, _tl, capture_residuals
+from oversquash_lens import (
+    InvalidTokensError,
+    OversquashError,
+    _tl,
+    capture_residuals,
+    eager_attention,
+)
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -17,9 +23,12 @@ def test_capture_equals_run_with_cache(arch_model):
     names = [_tl.resid_name(layer) for layer in range(n + 1)]
     _, cache = arch_model.run_with_cache(toks, names_filter=lambda name: name in names)
     ref = torch.stack([cache[name] for name in names], dim=1)
-    got = capture_residuals(arch_model, toks)
+    with eager_attention():  # transformer-lens' own attention: bitwise run_with_cache
+        got = capture_residuals(arch_model, toks)
     assert got.states.shape == (3, n + 1, 9, arch_model.cfg.d_model)
     assert torch.equal(got.states, ref)
+    fast = capture_residuals(arch_model, toks)  # fused attention where the bridge allows it
+    torch.testing.assert_close(fast.states, ref, rtol=1e-5, atol=1e-5)
     assert got.positions.tolist() == list(range(9))
 
 

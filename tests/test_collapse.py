@@ -16,6 +16,7 @@ from oversquash_lens import (
     _tl,
     adaptive_temperature,
     collapse_curve,
+    eager_attention,
     tasks,
     testing,
 )
@@ -81,8 +82,9 @@ def _rows(curve, precision="float32", mode="rounded", layer=None):
 def test_matches_run_with_cache_reference(arch_model):
     lengths = [1, 3, 8]
     snap = _snapshot(arch_model)
-    exact = collapse_curve(arch_model, lengths, share_prefix=False, run_in_dtype=False)
-    shared = collapse_curve(arch_model, lengths, run_in_dtype=False)
+    with eager_attention():  # the reference runs transformer-lens' eager attention too
+        exact = collapse_curve(arch_model, lengths, share_prefix=False, run_in_dtype=False)
+        shared = collapse_curve(arch_model, lengths, run_in_dtype=False)
     assert_unchanged(arch_model, snap)
     f_exact, f_shared = exact.to_dataframe(), shared.to_dataframe()
     for n in lengths:

@@ -14,6 +14,7 @@ from .cache import cache_pattern_batch as cache_pattern_batch
 from .cache import cache_patterns as cache_patterns
 from .cache import is_activation_cache as is_activation_cache
 from .cache import patterns_from_cache as patterns_from_cache
+from .checkpoint import checkpointed_blocks as checkpointed_blocks
 from .facts import ModelInfo as ModelInfo
 from .facts import attention_windows as attention_windows
 from .facts import b_o as b_o

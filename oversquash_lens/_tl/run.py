@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..errors import UnsupportedModelError
 from .facts import model_device, model_info, require_attention, tl_major_version
+from .fused import fused_attention
 from .names import pattern_name
 from .state import preserved
 
@@ -25,16 +26,25 @@ def run_with_hooks(
     grad: bool = False,
     stop_at_layer: int | None = None,
     freeze: bool = False,
+    fused: bool = True,
 ) -> Any:
     """One forward pass with temporary hooks; hooks removed and model state restored always.
 
-    Returns the logits (or the residual stream when ``stop_at_layer`` is given).
+    Returns the logits (or the residual stream when ``stop_at_layer`` is given). Without
+    ``grad``, and when no hook reads attention internals, attention runs fused
+    (:func:`~oversquash_lens._tl.fused.fused_attention`; ``fused=False`` forces the eager path).
     """
     ctx = contextlib.nullcontext() if grad else torch.no_grad()
     kwargs: dict[str, Any] = {}
     if stop_at_layer is not None:
         kwargs["stop_at_layer"] = stop_at_layer
-    with preserved(model, freeze=freeze), ctx, model.hooks(fwd_hooks=list(fwd_hooks)):
+    hooks = list(fwd_hooks)
+    fuse = (
+        fused_attention(model, [name for name, _ in hooks])
+        if fused and not grad
+        else contextlib.nullcontext()
+    )
+    with preserved(model, freeze=freeze), ctx, fuse, model.hooks(fwd_hooks=hooks):
         return model(tokens, **kwargs)
 
 
@@ -112,7 +122,7 @@ def resumes_exactly(model: Any, tokens: Int[Tensor, "batch pos"], resid: Sequenc
     blocks = sorted({1, len(resid) - 1} - {0})
     if not blocks:
         return True
-    full = run_with_hooks(model, tokens, [])
+    full = run_with_hooks(model, tokens, [], fused=False)
     tol = 1e-4 * max(1.0, float(full.abs().max()))
     for block in blocks:
         try:

@@ -23,8 +23,10 @@ __all__ = [
 ]
 
 ARCHITECTURES = ("gpt2", "neox", "llama", "gemma")
-#: Also buildable, not in the default test matrix: Bloom (ALiBi, no position embeddings).
-EXTRA_ARCHITECTURES = ("bloom",)
+#: Also buildable, not in the default test matrix: Bloom (ALiBi, no position embeddings) and
+#: Gemma 3 (local layers with a sliding window of ``sliding_window`` = 4 tokens by default,
+#: every third layer global).
+EXTRA_ARCHITECTURES = ("bloom", "gemma3")
 
 _WORDS = (
     "0 1 2 3 4 5 6 7 8 9 , . ? : the a cat sat on mat what is last first digit item in this "
@@ -129,6 +131,23 @@ def _hf_model(
             **common,
         )
         cls = tf.GemmaForCausalLM
+    elif arch == "gemma3":
+        cfg = tf.Gemma3TextConfig(
+            max_position_embeddings=n_ctx,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads or 1,
+            head_dim=d_model // n_heads,
+            intermediate_size=2 * d_model,
+            sliding_window=overrides.pop("sliding_window", 4),
+            layer_types=[
+                "full_attention" if (i + 1) % 3 == 0 else "sliding_attention"
+                for i in range(n_layers)
+            ],
+            **common,
+        )
+        cls = tf.Gemma3ForCausalLM
     elif arch == "bloom":
         cfg = tf.BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **common)
         cls = tf.BloomForCausalLM
