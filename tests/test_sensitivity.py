@@ -210,3 +210,58 @@ def test_bad_inputs(llama):
         token_sensitivity(llama, TOKENS, target=7)
     with pytest.raises(InvalidTokensError, match="9999"):
         token_sensitivity(llama, [0, 9999])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma"])
+def test_checkpointed_blocks_give_the_same_values(arch):
+    """Per-block activation checkpointing (recompute in backward) changes memory, not values:
+    against the plain graph and against autograd's full Jacobian."""
+    from .conftest import build
+
+    model = build(arch)
+    snap = _snapshot(model)
+    plain = token_sensitivity(model, TOKENS, checkpoint=False)
+    ckpt = token_sensitivity(model, TOKENS, checkpoint=True)
+    est = token_sensitivity(model, TOKENS, method="estimate", n_probes=4, checkpoint=True)
+    est_plain = token_sensitivity(model, TOKENS, method="estimate", n_probes=4, checkpoint=False)
+    assert_unchanged(model, snap)
+    assert all("forward" not in b.__dict__ for b in model.blocks)
+    torch.testing.assert_close(ckpt.values, plain.values, rtol=1e-6, atol=0)
+    torch.testing.assert_close(est.values, est_plain.values, rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        ckpt.values, _jacobian_reference(model, TOKENS, 6), rtol=1e-4, atol=0
+    )
+
+
+def test_checkpointed_run_keeps_glasses_in_the_recomputation(llama):
+    """A checkpointed block recomputes inside the backward pass: the glasses must still be on
+    then, so the windowed Jacobian equals the one without checkpointing."""
+    import functools
+
+    from oversquash_lens.glasses import sliding_window
+
+    window = functools.partial(sliding_window, window=2)
+    plain = token_sensitivity(llama, TOKENS, intervention=window, checkpoint=False)
+    ckpt = token_sensitivity(llama, TOKENS, intervention=window, checkpoint=True)
+    torch.testing.assert_close(ckpt.values, plain.values, rtol=1e-6, atol=0)
+    # window 2 through 2 layers: position 6 cannot see positions 0..3 (zero up to the
+    # rounding of the renormalised softmax's gradient)
+    assert float(ckpt.values[:, :4].abs().max()) <= 1e-6 * float(ckpt.values.abs().max())
+
+
+def test_layers_subset(llama):
+    full = token_sensitivity(llama, TOKENS)
+    last = token_sensitivity(llama, TOKENS, layers=-1)
+    assert torch.isnan(last.values[0]).all()
+    torch.testing.assert_close(last.values[1], full.values[1], rtol=1e-6, atol=0)
+    both = token_sensitivity(llama, TOKENS, layers=[1, 2])
+    torch.testing.assert_close(both.values, full.values, rtol=1e-6, atol=0)
+    frame = last.to_dataframe()
+    assert set(frame["layer"]) == {2}  # unmeasured layers are not rows
+    for bad in (0, 3, -3, "1", [1.0], [[1]]):
+        with pytest.raises(InvalidArgumentError, match="layers"):
+            token_sensitivity(llama, TOKENS, layers=bad)
+    from .conftest import without_runtime_type_checks
+
+    with without_runtime_type_checks(), pytest.raises(InvalidArgumentError, match="checkpoint"):
+        token_sensitivity(llama, TOKENS, checkpoint="no")

@@ -21,6 +21,8 @@ positions up to the target are run: causal attention makes later positions irrel
   ``1/sqrt(2 · n_probes)`` or better).
 """
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,16 +70,19 @@ class Sensitivity:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (layer, pos): ``layer`` (1-based: output of block layer−1), ``pos``,
-        ``token``, ``value`` and ``normalised`` (value / sum over positions of that layer)."""
+        ``token``, ``value`` and ``normalised`` (value / sum over positions of that layer).
+        Layers left out by ``layers=`` (NaN rows of ``values``) are not rows."""
         vals = self.values.detach().double().cpu()
-        n_layers, n = vals.shape
+        measured = [row for row in range(vals.shape[0]) if not torch.isnan(vals[row]).all()]
+        vals = vals[measured]
+        n = vals.shape[1]
         labels = list(self.labels) or [str(t) for t in self.tokens.tolist()]
         share = vals / vals.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         return pd.DataFrame(
             {
-                "layer": [layer + 1 for layer in range(n_layers) for _ in range(n)],
-                "pos": list(range(n)) * n_layers,
-                "token": labels * n_layers,
+                "layer": [row + 1 for row in measured for _ in range(n)],
+                "pos": list(range(n)) * len(measured),
+                "token": labels * len(measured),
                 "value": vals.flatten().numpy(),
                 "normalised": share.flatten().numpy(),
             }
@@ -124,6 +129,8 @@ def token_sensitivity(
     chunk_size: int | None = None,
     progress: bool | None = None,
     intervention: Intervention = None,
+    layers: Any = None,
+    checkpoint: bool | None = None,
 ) -> Sensitivity:
     """Frobenius norm of ``∂h_target^(ℓ)/∂h_i^(0)`` for every layer ℓ and position i (PAPER §3).
 
@@ -145,6 +152,14 @@ def token_sensitivity(
         intervention: glasses active during the forward pass, e.g.
             ``functools.partial(sliding_window, window=16)`` (see ``glasses.applied``); the
             Jacobian is then that of the modified model.
+        layers: the layers ℓ (1..n_layers, i.e. outputs of blocks ℓ−1; negative counts from
+            the end) to measure; default all. Others are NaN in ``values``. Layer ℓ costs
+            ℓ block backward passes per cotangent, so ``layers=[-1]`` alone is ~2/(L+1) of
+            the work of all layers.
+        checkpoint: activation checkpointing per block (recompute each block in the backward
+            pass; same values to float rounding, ~1 extra forward per backward): the graph
+            then holds one block's attention at a time instead of all of them. Default: on
+            from 512 positions.
 
     Returns:
         :class:`Sensitivity` with ``values [n_layers, pos]`` (float32, float64 for a float64
@@ -160,6 +175,10 @@ def token_sensitivity(
     seed = _validate.integer(seed, "seed")
     run = toks[:, : t + 1]
     device, dtype = _tl.model_device(model), _tl.model_dtype(model)
+    chosen = _chosen_layers(layers, n_layers)
+    if checkpoint is None:
+        checkpoint = m >= 512
+    checkpoint = _validate.flag(checkpoint, "checkpoint")
 
     if probes is None:  # cotangents per layer: one-hot coordinates, or Gaussian probes
         cot = torch.eye(d, dtype=dtype, device=device).expand(n_layers, d, d)
@@ -172,22 +191,22 @@ def token_sensitivity(
         chunk_size = max(1, _CHUNK_BYTES // per_cotangent)
     chunk = _validate.integer(chunk_size, "chunk_size", minimum=1)
 
-    jobs = [(layer, s) for layer in range(n_layers) for s in range(0, cot.shape[1], chunk)]
+    jobs = [(layer, s) for layer in chosen for s in range(0, cot.shape[1], chunk)]
     show = _validate.progress_flag(progress, len(jobs) > 4)
     squares = torch.zeros(n_layers, m, dtype=torch.float64, device=device)
     try:
         with torch.enable_grad(), _tl.preserved(model, freeze=True):
-            with applied(model, intervention):
-                leaf, outputs = _forward_from_leaf(model, run, t, n_layers)
-            for layer, s in tqdm(jobs, desc="token_sensitivity", disable=not show, leave=False):
-                (grad,) = torch.autograd.grad(
-                    outputs[layer],
-                    leaf,
-                    grad_outputs=cot[layer, s : s + chunk],
-                    is_grads_batched=True,
-                    retain_graph=True,
-                )  # [chunk, 1, pos, d_model]: one VJP per cotangent
-                squares[layer] += grad.double().square().sum((0, 1, 3))
+            blocks = _tl.checkpointed_blocks(model) if checkpoint else contextlib.nullcontext()
+            # The hooks stay on through the backward passes: a checkpointed block's
+            # recomputation must see h^(0) replaced by the leaf again.
+            with applied(model, intervention), blocks:
+                with _forward_from_leaf(model, run, t, max(chosen) + 1) as (leaf, outputs):
+                    for layer, s in tqdm(
+                        jobs, desc="token_sensitivity", disable=not show, leave=False
+                    ):
+                        squares[layer] += _vjp_squares(
+                            outputs[layer], leaf, cot[layer, s : s + chunk]
+                        )
     finally:
         _tl.release_graphs(model)
     if probes is not None:
@@ -195,6 +214,8 @@ def token_sensitivity(
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     values = torch.zeros(n_layers, toks.shape[1], dtype=out_dtype)
     values[:, :m] = squares.sqrt().to(out_dtype).cpu()
+    skipped = [layer for layer in range(n_layers) if layer not in chosen]
+    values[skipped] = float("nan")
     return Sensitivity(
         values=values,
         tokens=toks[0].cpu(),
@@ -206,11 +227,24 @@ def token_sensitivity(
     )
 
 
+def _vjp_squares(
+    output: Float[Tensor, " d_model"], leaf: Tensor, cotangents: Float[Tensor, "chunk d_model"]
+) -> Float[Tensor, " pos"]:
+    """Σ over a chunk of cotangents u of ``(uᵀ ∂output/∂leaf)²`` per position (one batched
+    backward pass: the graph is vmapped over the chunk)."""
+    (grad,) = torch.autograd.grad(
+        output, leaf, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True
+    )  # [chunk, 1, pos, d_model]: one VJP per cotangent
+    return grad.double().square().sum((0, 1, 3))
+
+
+@contextlib.contextmanager
 def _forward_from_leaf(
     model: Any, run: Int[Tensor, "1 pos"], target: int, n_layers: int
-) -> tuple[Float[Tensor, "1 pos d_model"], list[Tensor]]:
-    """One grad-enabled forward with ``h^(0)`` replaced by a fresh leaf; returns the leaf and
-    the target's residual ``[d_model]`` after each block 0..n_layers−1."""
+) -> Iterator[tuple[Float[Tensor, "1 pos d_model"], list[Tensor]]]:
+    """One grad-enabled forward through blocks 0..n_layers−1 with ``h^(0)`` replaced by a
+    fresh leaf; yields the leaf and the target's residual ``[d_model]`` after each of those
+    blocks, with the hooks still on (removed on exit, also on exceptions)."""
     name = _tl.resid_name(0)
     leaf = _tl.capture(model, run, [name], stop_at_layer=1)[name].requires_grad_(True)
     outputs: dict[int, Tensor] = {}
@@ -220,14 +254,16 @@ def _forward_from_leaf(
 
     def keeper(layer: int):
         def keep(x: Tensor, hook: Any) -> None:
-            outputs[layer] = x[0, target]
+            outputs.setdefault(layer, x[0, target])  # a recomputation must not replace it
 
         return keep
 
     hooks = [(name, replace)]
     hooks += [(_tl.resid_name(layer), keeper(layer)) for layer in range(1, n_layers + 1)]
-    _tl.run_with_hooks(model, run, hooks, grad=True, freeze=True)
-    return leaf, [outputs[layer] for layer in range(1, n_layers + 1)]
+    stop = n_layers if n_layers < _tl.model_info(model).n_layers else None
+    with model.hooks(fwd_hooks=hooks):
+        _tl.run_with_hooks(model, run, [], grad=True, freeze=True, stop_at_layer=stop)
+        yield leaf, [outputs[layer] for layer in range(1, n_layers + 1)]
 
 
 def _probes(n_probes: Any, n_layers: int, d_model: int) -> int:
@@ -239,6 +275,21 @@ def _probes(n_probes: Any, n_layers: int, d_model: int) -> int:
         hint=f" (the probes of {n_layers} layers x d_model={d_model} must fit in "
         f"{_PROBE_BYTES >> 20} MiB; method='exact' needs only d_model={d_model} VJPs per layer)",
     )  # fmt: skip
+
+
+def _chosen_layers(layers: Any, n_layers: int) -> list[int]:
+    """Row indices (ℓ − 1) of the requested layers ℓ in 1..n_layers (negative from the end)."""
+    if layers is None:
+        return list(range(n_layers))
+    rows = []
+    for ell in _validate.int_list(layers, name="layers", minimum=None):
+        if not (1 <= ell <= n_layers or -n_layers <= ell <= -1):
+            raise InvalidArgumentError(
+                f"layers contains {ell!r}: layers are 1..{n_layers} (outputs of blocks "
+                f"0..{n_layers - 1}) or -1..-{n_layers} from the end"
+            )
+        rows.append(ell - 1 if ell > 0 else n_layers + ell)
+    return sorted(set(rows))
 
 
 def _labels(model: Any, ids: Tensor) -> tuple[str, ...]:
