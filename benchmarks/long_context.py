@@ -19,7 +19,9 @@ Variants at each length n (tokens drawn at random from the vocabulary, seed 0):
 - capture_last:   ``capture_residuals(model, tokens, positions=-1)`` (fused attention);
 - capture_eager:  the same inside ``eager_attention()`` (what it cost before fusion);
 - collapse_pair:  ``collapse_curve`` on one repeat pair whose longer prompt has <= n tokens,
-                  float32 and bfloat16;
+                  float32 and bfloat16 rounded from it (``run_in_dtype=False``; a native bf16
+                  run casts the model and runs eagerly, and CPU bf16 matmuls are slow: 298 s
+                  at 2,048 tokens on this machine, 13x the limit);
 - rollout:        ``attention_rollout_from_model(model, tokens)`` (last-token rows, streamed);
 - sensitivity:    ``token_sensitivity(method="estimate", n_probes=16, layers=[1])``, blocks
                   checkpointed: the peak is one block's recomputation + backward (what every
@@ -68,10 +70,10 @@ def _pair_length(model, n: int) -> int:
 
     k = n
     while k > 1:
-        pair = tasks.repeated_pair(model, k)
-        if len(pair.extended) <= n:
+        size = len(tasks.repeated_pair(model, k).extended)
+        if size <= n:
             return k
-        k -= max(1, len(pair.extended) - n)
+        k = min(k - 1, k * n // size)  # items may take more than one token each
     return 1
 
 
@@ -111,7 +113,9 @@ def _work(variant: str, model, toks, args):
             ol.capture_residuals(model, toks, positions=-1)
     elif variant == "collapse_pair":
         k = args["pair_k"]
-        curve = ol.collapse_curve(model, [k], precisions=("float32", "bfloat16"), progress=False)
+        curve = ol.collapse_curve(
+            model, [k], precisions=("float32", "bfloat16"), run_in_dtype=False, progress=False
+        )
         return (
             f"k={k}, bf16 identical at last layer: {bool(curve.to_dataframe().identical.iloc[-1])}"
         )

@@ -91,3 +91,37 @@ def test_errors(llama):
             task_accuracy(llama, "count-ones", [3], remedies=("none",)).records,
             "count-ones", (3,), ("none",),
         ).accuracy("x")  # fmt: skip
+
+
+def test_interrupted_sweep_keeps_the_prompts_answered(llama, monkeypatch):
+    """A KeyboardInterrupt after some batches returns their records (complete=False) with a
+    SweepInterrupted warning; an interrupt before the first batch propagates."""
+    from oversquash_lens import _sweep
+    from oversquash_lens.tasks import accuracy
+
+    full = task_accuracy(llama, "copy-last", [3, 5, 8], remedies=("none",), batch_size=4)
+    real, calls = accuracy._greedy, []
+
+    def stop_after(k):
+        def greedy(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > k:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        return greedy
+
+    monkeypatch.setattr(accuracy, "_greedy", stop_after(2))
+    with pytest.warns(_sweep.SweepInterrupted, match="2 of"):
+        part = task_accuracy(llama, "copy-last", [3, 5, 8], remedies=("none",), batch_size=4)
+    assert part.complete is False and full.complete is True
+    got = part.to_dataframe(per_prompt=True)
+    assert 0 < len(got) < len(full.to_dataframe(per_prompt=True))
+    ref = full.to_dataframe(per_prompt=True).set_index(["remedy", "length", "sample"])
+    for _, row in got.iterrows():  # every kept record is the full run's record
+        assert ref.loc[(row.remedy, row.length, row["sample"]), "prediction"] == row.prediction
+    assert "interrupted" in part._repr_html_()
+    calls.clear()
+    monkeypatch.setattr(accuracy, "_greedy", stop_after(0))
+    with pytest.raises(KeyboardInterrupt):
+        task_accuracy(llama, "copy-last", [3], remedies=("none",))

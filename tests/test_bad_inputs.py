@@ -175,11 +175,6 @@ def test_progress_must_be_a_bool(llama):
         _validate.progress_flag("no", True)
 
 
-@pytest.mark.xfail(
-    reason="collapse/capture.py reads `progress` itself; needs show = "
-    "_validate.progress_flag(progress, len(chunks) > 1) (not this change's file)",
-    strict=False,
-)
 def test_capture_residuals_progress_must_be_a_bool(llama):
     with pytest.raises(InvalidArgumentError, match="progress='no'"):
         capture_residuals(llama, "1 1 1", progress="no")
@@ -363,11 +358,6 @@ def test_attention_flow_nan_in_one_head_names_it():
     assert attention_flow(_uniform()).shape == (4,)  # valid per-head patterns still pass
 
 
-@pytest.mark.xfail(
-    reason="rollout/oversquashing_bound validate the head mean only (flow/_streaming.py "
-    "_read_layer; not this change's file)",
-    strict=False,
-)
 def test_rollout_checks_every_head():
     from oversquash_lens import attention_rollout
 

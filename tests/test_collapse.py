@@ -281,3 +281,39 @@ def build_native():
     if "native" not in _MODELS:
         _MODELS["native"] = testing.tiny_native_model()
     return _MODELS["native"]
+
+
+def test_interrupted_sweep_keeps_the_lengths_measured(monkeypatch):
+    """A KeyboardInterrupt during a long sweep returns the pairs measured so far, marked
+    incomplete, with a SweepInterrupted warning; before any pair, it propagates."""
+    from oversquash_lens import _sweep
+    from oversquash_lens.collapse import curve as curve_module
+
+    model = testing.tiny_model("llama")
+    full = collapse_curve(model, [2, 5, 9], precisions="float32", share_prefix=False)
+    real, calls = curve_module._tl.capture, []
+
+    def stop_after(k):
+        def capture(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > k:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        return capture
+
+    # runs go longest first, one per sequence (batch_size=1): 2 runs = the n=9 pair only
+    monkeypatch.setattr(curve_module._tl, "capture", stop_after(2))
+    with pytest.warns(_sweep.SweepInterrupted, match="1 of 3"):
+        part = collapse_curve(
+            model, [2, 5, 9], precisions="float32", share_prefix=False, batch_size=1
+        )
+    assert part.complete is False and full.complete is True
+    assert part.lengths == (9,)
+    got = part.to_dataframe()
+    want = full.to_dataframe().query("length == 9").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
+    calls.clear()
+    monkeypatch.setattr(curve_module._tl, "capture", stop_after(0))
+    with pytest.raises(KeyboardInterrupt):
+        collapse_curve(model, [2, 5], precisions="float32", batch_size=1)

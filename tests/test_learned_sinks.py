@@ -318,3 +318,19 @@ def test_hand_built_sub_stochastic_patterns():
     with pytest.raises(InvalidPatternError, match="cannot renormalise"):
         attention_rollout(empty, learned_sinks="renormalize")
     assert float(pattern_scores(empty, learned_sinks="keep")["learned_sink_mass"].max()) <= 1.0
+
+
+def test_model_entry_points_read_the_sink_too(oss, run):
+    """attention_rollout_from_model (streamed head means), attention_flow on the model's
+    cache and oversquash_profile all take the model's learned sinks into account."""
+    from oversquash_lens import attention_flow, attention_rollout_from_model, oversquash_profile
+
+    cache, pats = run
+    streamed = attention_rollout_from_model(oss, TOKENS)
+    reference = attention_rollout(pats, learned_sinks="keep").float()
+    torch.testing.assert_close(streamed, reference, rtol=1e-5, atol=1e-6)
+    assert float(streamed.sum(-1).max()) < 0.99  # mass went to the sinks, none spread back
+    flow = attention_flow(cache, target=5)  # the cache knows its model: "auto" reads it
+    torch.testing.assert_close(flow, attention_flow(pats, target=5, learned_sinks="keep"))
+    profile = oversquash_profile(oss, TOKENS, method="estimate", n_probes=2)
+    torch.testing.assert_close(profile.rollout.double(), reference.double(), rtol=1e-5, atol=1e-6)

@@ -189,9 +189,10 @@ def _broken(kind):
     [
         ("nan", r"nan at layer 2"),
         ("inf", r"inf at layer 1"),
-        ("rows", r"layer 3, averaged over heads, query 6 sums to 0\.8"),
-        ("causal", r"not causal: layer 0, averaged over heads, query 2 puts 0\.13.* key 7"),
-        ("negative", r"negative weight -0\.\d+ at layer 1, averaged over heads, query 3, key 0"),
+        # every head is checked, so the message names the head (not only their average)
+        ("rows", r"layer 3, head 2, query 6 sums to 0\.5"),
+        ("causal", r"not causal: layer 0, head 1, query 2 puts 0\.4.* key 7"),
+        ("negative", r"negative weight -\d\.\d+ at layer 1, head 0, query 3, key 0"),
     ],
 )
 def test_invalid_patterns_are_named(kind, match):
@@ -257,7 +258,7 @@ def test_blocked_head_sum_and_checks(monkeypatch, block_bytes):
         attention_rollout(bad)
     bad = p.clone()
     bad[0, 1, 27] *= 0.5
-    with pytest.raises(InvalidPatternError, match=r"query 27 sums to 0\.83"):
+    with pytest.raises(InvalidPatternError, match=r"head 1, query 27 sums to 0\.5"):
         attention_rollout(bad)
 
 
@@ -295,3 +296,33 @@ def test_model_without_attention_is_refused(tmp_path):
     for call in calls:
         with pytest.raises(UnsupportedModelError, match=r"no attention hook 'blocks\.0\.attn"):
             call()
+
+
+@pytest.mark.parametrize("target", [-1, 3, "all"])
+def test_from_model_streams_head_means(arch_model, target):
+    """attention_rollout_from_model keeps one validated head mean per layer (never every
+    head's pattern) and equals attention_rollout of the full captured patterns."""
+    toks = torch.tensor([[0, 5, 9, 7, 8, 11, 4, 6]])
+    _, cache = arch_model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    patterns = torch.stack([cache[_tl.pattern_name(b)][0] for b in range(arch_model.cfg.n_layers)])
+    snap = state_snapshot(arch_model)
+    got = attention_rollout_from_model(arch_model, toks, target=target)
+    assert_unchanged(arch_model, snap)
+    want = attention_rollout(patterns, target=target)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_from_model_names_the_real_layer_of_a_bad_pattern(llama):
+    """An intervention that breaks one head's rows in block 1 (the head mean still sums to 1)
+    is refused with the block's real number and the head, also on the streamed path."""
+
+    def break_head(pattern, hook):
+        out = pattern.clone()
+        out[:, 0, 2, :3] = torch.tensor([1.2, -0.2, 0.0])  # still sums to 1
+        return out
+
+    toks = torch.tensor([[0, 5, 9, 7, 8]])
+    hooks = [(_tl.pattern_name(1), break_head)]
+    with pytest.raises(InvalidPatternError, match="layer 1, head 0, query 2"):
+        attention_rollout_from_model(llama, toks, intervention=hooks)

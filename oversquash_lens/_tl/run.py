@@ -71,6 +71,8 @@ def capture(
 
         return hook
 
+    if stop_at_layer is None:  # nothing after the last hooked block is needed (no logits)
+        stop_at_layer = _last_block(model, names)
     run_with_hooks(model, tokens, [(n, make_hook(n)) for n in names], stop_at_layer=stop_at_layer)
     missing = [n for n in names if n not in store]
     if missing:
@@ -78,6 +80,21 @@ def capture(
             f"model {model_info(model).name!r} did not fire hook(s) {missing[:3]}"
         )
     return store
+
+
+def _last_block(model: Any, names: Sequence[str]) -> int | None:
+    """``b + 1`` when every name is a hook inside blocks ``0..b`` (the forward pass can then
+    stop after block ``b``: no final norm, no unembedding, no logits); else None."""
+    blocks = []
+    for name in names:
+        head, _, rest = name.partition(".")
+        index = rest.partition(".")[0]
+        if head != "blocks" or not index.isdigit():
+            return None
+        blocks.append(int(index))
+    if not blocks:
+        return None
+    return max(blocks) + 1
 
 
 def attention_patterns(

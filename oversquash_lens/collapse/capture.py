@@ -131,7 +131,7 @@ def capture_residuals(
         return kept.to(out_dtype) if out_dtype is not None else kept
 
     chunks = list(range(0, toks.shape[0], batch_size))
-    show = progress if progress is not None else len(chunks) > 1
+    show = _validate.progress_flag(progress, len(chunks) > 1)
     parts = []
     for start in tqdm(chunks, desc="capture_residuals", disable=not show, leave=False):
         store = _tl.capture(

@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import _tl, _validate
+from .._sweep import interrupted
 from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 from ..glasses import Intervention, applied, describe
@@ -90,10 +91,19 @@ def _plan(pairs: Sequence[Pair], share_prefix: bool) -> list[tuple[list[int], li
     return runs
 
 
-def _execute(model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> dict:
-    """Residual states [layer, d_model] at each requested (key) last position."""
-    names = [_tl.resid_name(layer) for layer in range(info.n_layers + 1)]
+def _execute(model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> tuple[dict, bool]:
+    """Residual states [layer, d_model] at each requested (key) last position, and whether
+    every run finished (False after a KeyboardInterrupt: the states measured before)."""
     out: dict = {}
+    try:
+        _execute_into(out, model, runs, info, batch_size, bar)
+    except KeyboardInterrupt:
+        return out, False
+    return out, True
+
+
+def _execute_into(out: dict, model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> None:
+    names = [_tl.resid_name(layer) for layer in range(info.n_layers + 1)]
     by_len: dict[int, list] = {}
     for run in runs:
         by_len.setdefault(len(run[0]), []).append(run)
@@ -111,7 +121,6 @@ def _execute(model: Any, runs: list, info: Any, batch_size: int, bar: Any) -> di
                 for key, p in run[1]:
                     out[key] = states[row, :, positions.index(p)]
             bar.update(1)
-    return out
 
 
 def _metrics(a: Tensor, b: Tensor) -> dict[str, Tensor]:
@@ -198,6 +207,13 @@ def collapse_curve(
         model, runs, info, batch_size, natives, unavailable, run_in_dtype, intervention,
         progress, task,
     )  # fmt: skip
+    stopped = [n for n, why in unavailable.items() if why.startswith("interrupted")]
+    kept = [i for i in range(len(pairs)) if (i, 0) in ref and (i, 1) in ref]
+    complete = not stopped and len(kept) == len(pairs)
+    if not complete:  # KeyboardInterrupt: keep the lengths measured
+        interrupted(f"collapse_curve {task!r}", len(kept), len(pairs))
+        ref = {(j, side): ref[(i, side)] for j, i in enumerate(kept) for side in (0, 1)}
+        ns, pairs = [ns[i] for i in kept], [pairs[i] for i in kept]
     if run_in_dtype is not False and ref_name in [n for n, _ in specs]:
         states[ref_name] = ref
     if run_in_dtype is False:
@@ -213,6 +229,7 @@ def collapse_curve(
         unavailable=unavailable,
         model_name=info.name,
         intervention=describe(intervention),
+        complete=complete,
     )
 
 
@@ -254,11 +271,18 @@ def _run_all(
                disable=not _validate.progress_flag(progress, total > 1), leave=False)  # fmt: skip
     states: dict[str, dict] = {}
     with bar, applied(model, intervention):
-        ref = _execute(model, runs, info, batch_size, bar)
+        ref, complete = _execute(model, runs, info, batch_size, bar)
         for name, dtype in natives:
+            if not complete:  # interrupted: no further runs
+                unavailable[name] = "interrupted (KeyboardInterrupt)"
+                continue
             try:
                 with _tl.cast_temporarily(model, dtype):
-                    states[name] = _execute(model, runs, info, batch_size, bar)
+                    native, complete = _execute(model, runs, info, batch_size, bar)
+                if complete:
+                    states[name] = native
+                else:
+                    unavailable[name] = "interrupted (KeyboardInterrupt)"
             except (RuntimeError, NotImplementedError, TypeError) as exc:
                 if run_in_dtype:
                     raise UnsupportedModelError(

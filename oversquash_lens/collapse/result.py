@@ -85,6 +85,9 @@ class CollapseCurve:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     model_name: str = ""
     intervention: str = "none"
+    #: False when the sweep was interrupted (KeyboardInterrupt): ``lengths`` are those whose
+    #: pair was measured, and ``unavailable`` names the precisions whose runs were cut short.
+    complete: bool = True
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per (length, layer, precision, mode)."""
@@ -194,6 +197,8 @@ class CollapseCurve:
             f"n={list(self.lengths)}, reference dtype {self.reference_dtype}, "
             f"native runs: {list(self.native) or 'none'}, intervention: {self.intervention}"
         )
+        if not self.complete:
+            head += " — <b>interrupted</b>: only what was measured before the interrupt"
         last = self.frame[self.frame["layer"] == self.n_layers]
         crossings = frame_html(
             "Crossing lengths, last layer (docs/science.md §2)", self.crossings()

@@ -104,16 +104,24 @@ def _full_rollout(
 
 
 def _read_layer(
-    pats: Tensor, j: int, m: int, buf: Tensor | None, dtype: torch.dtype, sinks: str = "none"
+    pats: Tensor,
+    j: int,
+    m: int,
+    buf: Tensor | None,
+    dtype: torch.dtype,
+    sinks: str = "none",
+    label: int | None = None,
 ) -> _Layer:
     """Sum layer ``j`` over heads into ``buf`` (in query blocks, so the head sum streams through
-    cache) or keep every head when ``buf`` is None; then validate what the analysis uses: the
-    head mean (or each head), restricted to the queries and keys up to the target. The
+    cache) or keep every head when ``buf`` is None; then validate the head mean and every head
+    (an error in one head can cancel in the mean), on the queries and keys up to the target. The
     statistics the validation needs (row sums, minimum, maximum above the diagonal) are taken
     block by block while each block of the head sum is still in cache. With learned sinks every
     head's rows are first checked to sum to at most ``1 + tol`` (a sink cannot hide a head
-    above 1 in the mean), and with ``sinks="renormalize"`` divided by their sums."""
+    above 1 in the mean), and with ``sinks="renormalize"`` divided by their sums. ``label``:
+    the layer number error messages name (default ``j``)."""
     src = pats[j, :, :m, :m]
+    name = j if label is None else label
     n_heads = src.shape[0]
     sums, lows, highs = [], [], []
     tol = max(1e-4, 4 * torch.finfo(pats.dtype).eps)
@@ -121,7 +129,7 @@ def _read_layer(
     def read(q0: int, q1: int) -> Tensor:  # query rows [q0, q1) of every head, in ``dtype``
         rows = src[:, q0:q1].to(dtype)
         if sinks != "none":  # every head's rows, not only their mean, must sum to <= 1
-            rows = _sub_stochastic(rows, j, q0, tol, divide=sinks == "renormalize")
+            rows = _sub_stochastic(rows, name, q0, tol, divide=sinks == "renormalize")
         return rows
 
     def take_stats(q0: int, rows: Tensor) -> None:  # rows: [group, query block, m]
@@ -129,6 +137,8 @@ def _read_layer(
         lows.append(rows.amin())
         highs.extend(_upper_max(rows, q0))
 
+    keep = sinks == "keep"
+    heads: list[list[Tensor]] = [[], [], []]  # per-head row sums, minima, maxima above diagonal
     if buf is None:
         mats, scale = read(0, m), 1.0
         take_stats(0, mats)
@@ -137,15 +147,38 @@ def _read_layer(
         size = max(1, _BLOCK_BYTES // per_row)
         for q0 in range(0, m, size):  # head sum; the mean's 1/head is folded into ``scale``
             q1 = min(m, q0 + size)
-            torch.sum(read(q0, q1), 0, out=buf[0, q0:q1])
+            rows = read(q0, q1)
+            torch.sum(rows, 0, out=buf[0, q0:q1])
             take_stats(q0, buf[:, q0:q1])  # while the block is in cache
+            heads[0].append(rows.sum(-1))  # every head too: errors can cancel in the mean
+            heads[1].append(rows.amin())
+            heads[2].extend(_upper_max(rows, q0))
         mats, scale = buf, 1.0 / n_heads
     row_sums = torch.cat(sums, dim=-1).mul_(scale)
     lowest, highest = torch.stack(lows).amin(), torch.stack(highs).amax()
-    keep = sinks == "keep"
-    _check_layer(mats, row_sums, j, tol, scale=scale, lowest=lowest, highest=highest, keep=keep)
+    if buf is not None:  # every head first: its error is named there, and valid heads make
+        _check_heads(lambda: read(0, m), heads, name, tol, keep)  # a valid mean
+    _check_layer(mats, row_sums, name, tol, scale=scale, lowest=lowest, highest=highest, keep=keep)
     sink = (1.0 - row_sums).clamp_(min=0.0) if keep else 0.0
-    return _Layer(j, mats, row_sums, scale, sink)
+    return _Layer(name, mats, row_sums, scale, sink)
+
+
+def _check_heads(
+    every_head: Callable[[], Tensor], heads: list[list[Tensor]], layer: int, tol: float,
+    keep: bool,
+) -> None:  # fmt: skip
+    """Each head of a layer from its block statistics ``heads`` (row sums, minima, maxima
+    above the diagonal); only on error is ``every_head()`` — the ``[head, query, key]`` rows
+    as read — built to locate it."""
+    head_sums = torch.cat(heads[0], dim=-1)
+    lowest, highest = torch.stack(heads[1]).amin(), torch.stack(heads[2]).amax()
+    off = (head_sums - 1.0) if keep else (head_sums - 1.0).abs()
+    bad = bool((~torch.isfinite(head_sums) | (off > tol)).any())
+    if bad or float(lowest) < -tol or float(highest) > tol:
+        _check_layer(
+            every_head(), head_sums, layer, tol, scale=1.0, lowest=lowest, highest=highest,
+            keep=keep,
+        )  # fmt: skip
 
 
 def _sub_stochastic(rows: Tensor, layer: int, q0: int, tol: float, *, divide: bool) -> Tensor:

@@ -28,6 +28,14 @@ from .sensitivity import Sensitivity, token_sensitivity
 __all__ = ["OversquashProfile", "oversquash_profile"]
 
 
+def learned_sinks_of(model: Any) -> str:
+    """``"keep"`` for a model with learned sink logits (docs/science.md §11), else ``"auto"``
+    (rows must sum to 1): what the profile passes to rollout and bound."""
+    from .._tl.cache import resolve_learned_sinks
+
+    return "keep" if resolve_learned_sinks("auto", model) == "keep" else "auto"
+
+
 def _as_array(values: Any) -> Any:
     return torch.as_tensor(values).numpy()
 
@@ -263,8 +271,9 @@ def oversquash_profile(
         # The norm divides by sqrt(mean(x²) + eps): with eps, a zero residual (e.g. a padding
         # token whose embedding row is 0) gets the norm's own divisor, not β = 0.
         beta = (resid.square().mean(-1) + _tl.norm_eps(model)).sqrt().cpu()
-    rollout = attention_rollout(patterns, target=target, residual=residual)
-    bound = oversquashing_bound(patterns, target=target, beta=beta)
+    sinks = learned_sinks_of(model)  # GPT-OSS: the sink's share is kept (docs/science.md §11)
+    rollout = attention_rollout(patterns, target=target, residual=residual, learned_sinks=sinks)
+    bound = oversquashing_bound(patterns, target=target, beta=beta, learned_sinks=sinks)
     beta_used = resolve_beta(beta, n_layers, toks.shape[1]).clone()
     sens = token_sensitivity(
         model,

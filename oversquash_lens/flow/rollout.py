@@ -35,6 +35,7 @@ from ._streaming import (
     _full_rollout,
     _Layer,
     _layers,
+    _read_layer,
     _rollout_apply,
     _target_rows,
 )
@@ -104,8 +105,8 @@ def attention_rollout(
     Raises:
         InvalidPatternError: wrong shape or dtype, NaN/inf, rows not summing to 1 (tolerance
             ``max(1e-4, 4·eps(dtype))``; to at most 1 with ``learned_sinks``), negative entries
-            or mass above the diagonal. What is checked is what the result depends on: the head
-            average (each head when ``per_head``), on the queries and keys up to ``target``.
+            or mass above the diagonal — in every head (an error in one head cannot hide in
+            the head average), on the queries and keys up to ``target``.
     """
     sinks = resolve_learned_sinks(learned_sinks, patterns)
     pats, averaged = _as_patterns(patterns)
@@ -182,7 +183,7 @@ def attention_rollout_from_model(
     model: Any,
     tokens: Any,
     *,
-    target: int = -1,
+    target: int | str = -1,
     residual: float = 0.5,
     per_head: bool = False,
     intervention: Intervention = None,
@@ -192,9 +193,18 @@ def attention_rollout_from_model(
     temporary hooks; the model is left unchanged). ``tokens``: text, ``[pos]`` or ``[1, pos]``.
     ``intervention``: glasses active during the run (e.g. ``functools.partial(sliding_window,
     window=16)``, see ``glasses.applied``); the rollout is then of the patterns they produce.
-    ``learned_sinks="auto"`` reads ``model``: ``"keep"`` when it has learned sink logits."""
+    ``learned_sinks="auto"`` reads ``model``: ``"keep"`` when it has learned sink logits.
+    ``target``: a position or ``"all"``, as for :func:`attention_rollout`.
+
+    Memory: without ``per_head`` the patterns are reduced inside the hooks to one validated
+    head mean per layer over the queries and keys up to the target (``L·m²`` floats for the
+    rollout, instead of every head of every layer, ``L·H·n²``); ``per_head=True`` keeps every
+    head's pattern."""
     sinks = resolve_learned_sinks(learned_sinks, model)
     toks = _tl.single_sequence(model, tokens)
+    if per_head is not True:  # stream: keep each layer's validated head mean, never all heads
+        _validate.flag(per_head, "per_head")
+        return _rollout_streamed(model, toks, target, residual, intervention, sinks)
     with applied(model, intervention):
         pats = _tl.attention_patterns(model, toks)[0]
     return attention_rollout(
@@ -204,6 +214,41 @@ def attention_rollout_from_model(
         per_head=per_head,
         learned_sinks="auto" if sinks == "none" else sinks,
     )
+
+
+def _rollout_streamed(
+    model: Any, toks: Tensor, target: Any, residual: float, intervention: Intervention, sinks: str
+) -> Tensor:
+    """Head-mean rollout from ``model`` with patterns reduced inside the hooks: each layer's
+    ``[head, query, key]`` pattern is validated (every head and the mean, learned sinks
+    handled as in :func:`attention_rollout`) and only its head mean over the queries and keys
+    up to the target is kept — ``L·m²`` floats instead of ``L·H·n²``."""
+    n = toks.shape[1]
+    m = n if isinstance(target, str) else _validate.resolve_index(target, n, name="target") + 1
+    dtype = torch.float64 if _tl.model_dtype(model) == torch.float64 else torch.float32
+    names = [_tl.pattern_name(b) for b in range(_tl.require_attention(model).n_layers)]
+    blocks = {name: b for b, name in enumerate(names)}
+
+    def head_mean(name: str, x: Tensor) -> Tensor:
+        buf = torch.empty(1, m, m, dtype=dtype, device=x.device)
+        layer = _read_layer(x[0, None].detach(), 0, m, buf, dtype, sinks, label=blocks[name])
+        return layer.matrix.mul_(layer.scale)  # [1, m, m]
+
+    with applied(model, intervention):
+        store = _tl.capture(model, toks, names, transform=head_mean)
+    means = torch.cat([store[name] for name in names])
+    # renormalised heads give a row-stochastic mean; "keep" leaves the sink's share out of it
+    out = attention_rollout(
+        means,
+        target=target if isinstance(target, str) else m - 1,
+        residual=residual,
+        learned_sinks="keep" if sinks == "keep" else "auto",
+    )
+    if out.shape[-1] == n:
+        return out
+    full = out.new_zeros(*out.shape[:-1], n)
+    full[..., :m] = out
+    return full
 
 
 def oversquashing_bound(

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .. import viz
+from .. import _validate, viz
 from ..errors import InvalidArgumentError
 from . import page
 from .config import ReportConfig
@@ -69,7 +69,9 @@ def build_report(
         raise InvalidArgumentError(f"{len(names)} names for {len(chosen)} models")
     start = time.perf_counter()
     total = len(chosen) * (len(STEPS) + 1) + 1
-    bar = tqdm(total=total, desc="report", disable=not progress, leave=True)
+    bar = tqdm(
+        total=total, desc="report", disable=not _validate.flag(progress, "progress"), leave=True
+    )
     runs: list[ModelRun] = []
     given: list[str | None] = list(names) if names is not None else [None] * len(chosen)
     try:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .. import _tl
 from ..errors import InvalidArgumentError
 from ..flow import OversquashProfile, Sensitivity, attention_rollout, oversquashing_bound
+from ..flow.profile import learned_sinks_of
 from .config import COLLAPSE_TASKS, ReportConfig
 from .names import registry_card
 
@@ -174,9 +175,10 @@ def report_profile(
     # As oversquash_profile: the norm divides by sqrt(mean(x²) + eps) (tests keep the two equal)
     beta = (resid.square().mean(-1) + _tl.norm_eps(model)).sqrt().cpu()
     sens = last_layer_sensitivity(model, toks, method=method, n_probes=n_probes, progress=progress)
+    sinks = learned_sinks_of(model)
     return OversquashProfile(
-        rollout=attention_rollout(patterns, target=-1).cpu(),
-        bound=oversquashing_bound(patterns, target=-1, beta=beta).cpu(),
+        rollout=attention_rollout(patterns, target=-1, learned_sinks=sinks).cpu(),
+        bound=oversquashing_bound(patterns, target=-1, beta=beta, learned_sinks=sinks).cpu(),
         beta=beta.clone(),
         sensitivity=sens,
         tokens=toks[0].cpu(),

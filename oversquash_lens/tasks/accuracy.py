@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .. import _tl, _validate
 from .._display import frame_html
+from .._sweep import interrupted
 from .._tl.protocol import HookedModel
 from ..errors import InvalidArgumentError, InvalidTokensError, UnsupportedModelError
 from ..glasses import Intervention, applied, describe
@@ -50,6 +51,9 @@ class AccuracyReport:
     skipped: tuple[str, ...] = ()
     intervention: str = "none"
     model_name: str = ""
+    #: False when the sweep was interrupted (KeyboardInterrupt): ``records`` are the prompts
+    #: answered before, and some (remedy, length) cells are missing or hold fewer prompts.
+    complete: bool = True
 
     def to_dataframe(self, *, per_prompt: bool = False) -> pd.DataFrame:
         """Accuracy per (remedy, length) with the number of prompts and the most common
@@ -89,6 +93,8 @@ class AccuracyReport:
             f"<b>AccuracyReport</b> {self.model_name}: task={self.task!r}, "
             f"intervention: {self.intervention}, skipped remedies: {list(self.skipped) or 'none'}"
         )
+        if not self.complete:
+            head += " — <b>interrupted</b>: only the prompts answered before the interrupt"
         return frame_html(head, table)
 
 
@@ -151,7 +157,7 @@ def task_accuracy(
     chosen, skipped = _choose_remedies(task, remedies)
     prompts = _build_prompts(model, info, task, ns, chosen, n_samples, seed, extra_tokens, options)
     ctx = _adaptive if adaptive_temperature else intervention
-    records = _answer(model, info, task, prompts, batch_size, ctx, progress)
+    records, complete = _answer(model, info, task, prompts, batch_size, ctx, progress)
     return AccuracyReport(
         records=records.reset_index(drop=True),
         task=task,
@@ -160,6 +166,7 @@ def task_accuracy(
         skipped=skipped,
         intervention="adaptive_temperature" if adaptive_temperature else describe(intervention),
         model_name=info.name,
+        complete=complete,
     )
 
 
@@ -209,8 +216,9 @@ def _build_prompts(
 def _answer(
     model: Any, info: Any, task: str, prompts: list[tuple[Any, int, int]], batch_size: int,
     intervention: Intervention, progress: bool | None,
-) -> pd.DataFrame:  # fmt: skip
-    """Greedy answers for every prompt (batched by prompt length), one record each."""
+) -> tuple[pd.DataFrame, bool]:  # fmt: skip
+    """Greedy answers for every prompt (batched by prompt length), one record each; and
+    whether all were answered (False after a KeyboardInterrupt, see :mod:`.._sweep`)."""
     tokenizer = _tl.text_tokenizer(model)
     groups: dict[int, list] = {}
     for item in prompts:
@@ -218,16 +226,25 @@ def _answer(
     chunks = [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
     rows = []
     show = _validate.progress_flag(progress, len(chunks) > 1)
-    with applied(model, intervention):
-        for chunk in tqdm(chunks, desc=f"task_accuracy {task}", disable=not show, leave=False):
-            toks = _tl.prepare_tokens(model, torch.stack([p.tokens for p, _, _ in chunk]), info)
-            generated = _greedy(model, toks, max(k for _, _, k in chunk)).cpu()
-            for (prompt, s, k), gen in zip(chunk, generated):
-                text = tokenizer.decode(gen[:k].tolist())
-                pred = read_answer(text)
-                rows.append(
-                    {"task": task, "remedy": prompt.remedy, "length": prompt.length, "sample": s,
-                     "answer": prompt.answer, "prediction": pred, "correct": pred == prompt.answer,
-                     "output": text, "prompt_tokens": len(prompt.tokens)}
-                )  # fmt: skip
-    return pd.DataFrame(rows).sort_values(["remedy", "length", "sample"], kind="stable")
+    done = 0
+    try:
+        with applied(model, intervention):
+            bar = tqdm(chunks, desc=f"task_accuracy {task}", disable=not show, leave=False)
+            for chunk in bar:
+                batch = torch.stack([p.tokens for p, _, _ in chunk])
+                toks = _tl.prepare_tokens(model, batch, info)
+                generated = _greedy(model, toks, max(k for _, _, k in chunk)).cpu()
+                for (prompt, s, k), gen in zip(chunk, generated):
+                    text = tokenizer.decode(gen[:k].tolist())
+                    pred = read_answer(text)
+                    rows.append(
+                        {"task": task, "remedy": prompt.remedy, "length": prompt.length,
+                         "sample": s, "answer": prompt.answer, "prediction": pred,
+                         "correct": pred == prompt.answer, "output": text,
+                         "prompt_tokens": len(prompt.tokens)}
+                    )  # fmt: skip
+                done += 1
+    except KeyboardInterrupt as exc:
+        interrupted(f"task_accuracy {task!r}", done, len(chunks), exc)
+    frame = pd.DataFrame(rows).sort_values(["remedy", "length", "sample"], kind="stable")
+    return frame, done == len(chunks)
