@@ -134,11 +134,11 @@ def int_list(values: Any, *, name: str = "lengths", minimum: int | None = 1) -> 
         values = values.tolist()  # tensors, numpy arrays and numpy scalars
     if _is_int(values):
         values = [values]
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise InvalidArgumentError(f"{name}={values!r} must be an int or a list of ints")
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InvalidArgumentError(f"{name}={short(values)} must be an int or a list of ints")
     out = list(values)
     if not out:
-        raise InvalidArgumentError(f"{name}=[] is empty; give at least one length")
+        raise InvalidArgumentError(f"{name}=[] is empty; give at least one value")
     for n in out:
         if not _is_int(n) or (minimum is not None and n < minimum):
             need = (
@@ -236,7 +236,8 @@ def number(
 def flag(value: Any, name: str) -> bool:
     """``value`` if it is a bool (numpy bools too); anything else — notably the strings
     ``'no'``/``'false'``, which are truthy — raises InvalidArgumentError naming it."""
-    if type(value).__name__ == "bool_":  # numpy.bool_
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool"):  # numpy 1.x / 2.x
         value = bool(value)
     if not isinstance(value, bool):
         raise InvalidArgumentError(f"{name}={short(value)} must be True or False")

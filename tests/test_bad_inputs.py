@@ -363,3 +363,14 @@ def test_rollout_checks_every_head():
 
     with pytest.raises(OversquashError, match="head 0"):
         attention_rollout(_cancelling_negatives())
+
+
+def test_numpy_bools_are_flags_and_huge_sample_counts_are_refused(llama):
+    import numpy as np
+
+    from oversquash_lens import _validate, task_accuracy
+
+    assert _validate.flag(np.True_, "progress") is True
+    assert _validate.flag(np.bool_(False), "progress") is False
+    with refused("n_samples=1000000000"):
+        task_accuracy(llama, "count-bernoulli", [2], n_samples=10**9)

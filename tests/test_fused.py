@@ -5,7 +5,7 @@ tolerance, and the model is restored exactly (also on exceptions)."""
 import pytest
 import torch
 
-from oversquash_lens import _tl, capture_residuals, collapse_curve, testing
+from oversquash_lens import _tl, capture_residuals, collapse_curve, eager_attention, testing
 from oversquash_lens._tl import fused
 from oversquash_lens._tl.state import count_hooks
 from oversquash_lens.glasses import sliding_window
@@ -152,3 +152,28 @@ def test_model_restored_also_on_exceptions():
         eager = model(toks)
     fast = _tl.run_with_hooks(model, toks, [])
     assert float((eager - fast).abs().max()) <= 1e-5 * max(1.0, float(eager.abs().max()))
+
+
+def test_probe_runs_no_user_hook():
+    """The one-time agreement probe (random tokens of its own length) must not run the
+    user's hooks: a steering hook sized for the user's sequence would crash on it, and a
+    recorder would see calls the user never made."""
+    model = testing.tiny_model("llama", seed=7)  # fresh: not probed yet
+    toks = torch.randint(4, 60, (1, 20))
+    vec = torch.randn(1, 20, model.cfg.d_model)
+    shapes = []
+
+    def steer(x, hook):
+        shapes.append(tuple(x.shape))
+        return x + vec
+
+    model.add_hook(_tl.resid_name(1), steer)
+    try:
+        got = capture_residuals(model, toks).states
+        assert shapes == [(1, 20, model.cfg.d_model)]  # once, on the user's tokens
+        with eager_attention():
+            ref = capture_residuals(model, toks).states
+    finally:
+        model.reset_hooks()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert float((ref[:, 2] - capture_residuals(model, toks).states[:, 2]).abs().max()) > 0

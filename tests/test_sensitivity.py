@@ -258,10 +258,25 @@ def test_layers_subset(llama):
     torch.testing.assert_close(both.values, full.values, rtol=1e-6, atol=0)
     frame = last.to_dataframe()
     assert set(frame["layer"]) == {2}  # unmeasured layers are not rows
-    for bad in (0, 3, -3, "1", [1.0], [[1]]):
+    assert "layers [2] of 2" in last._repr_html_()
+    for bad in (0, 3, -3, "1", [1.0], [[1]], [], {1: 2}):
         with pytest.raises(InvalidArgumentError, match="layers"):
             token_sensitivity(llama, TOKENS, layers=bad)
     from .conftest import without_runtime_type_checks
 
     with without_runtime_type_checks(), pytest.raises(InvalidArgumentError, match="checkpoint"):
         token_sensitivity(llama, TOKENS, checkpoint="no")
+
+
+def test_sensitivity_through_adaptive_temperature_is_finite_and_matches_autograd(llama):
+    """Masked (zero) attention entries must not turn the backward pass into NaN: the
+    Jacobian through adaptive temperature against autograd's full Jacobian of the glassed
+    model."""
+    from oversquash_lens import adaptive_temperature
+
+    got = token_sensitivity(llama, TOKENS, intervention=adaptive_temperature)
+    assert bool(torch.isfinite(got.values).all())
+    with adaptive_temperature(llama):
+        ref = _jacobian_reference(llama, TOKENS, 6)
+    assert bool(torch.isfinite(ref).all())
+    torch.testing.assert_close(got.values, ref, rtol=1e-4, atol=0)

@@ -178,6 +178,27 @@ def _swapped(model: Any, attns: Sequence[Any]) -> Iterator[None]:
             c._attn_implementation = value
 
 
+@contextlib.contextmanager
+def _hook_points_silenced(model: Any) -> Iterator[None]:
+    """Within the block no hook on any TransformerLens hook point runs (a user's steering
+    hook, a recorder); the very same hook dictionaries are refilled on exit, so the handles
+    that remove those hooks keep working."""
+    from transformer_lens.hook_points import HookPoint
+
+    saved = []
+    for m in model.modules():
+        if isinstance(m, HookPoint):
+            for table in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks):
+                if table:
+                    saved.append((table, dict(table)))
+                    table.clear()
+    try:
+        yield
+    finally:
+        for table, entries in saved:
+            table.update(entries)
+
+
 def _fingerprint(model: Any) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
@@ -201,7 +222,7 @@ def _agrees(model: Any, attns: Sequence[Any]) -> bool:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (1, _probe_length(model)), generator=gen)
     tokens = tokens.to(model_device(model))
-    with torch.no_grad():
+    with torch.no_grad(), _hook_points_silenced(model):  # the probe runs no user hook
         eager = model(tokens)
         with _swapped(model, attns):
             fused = model(tokens)

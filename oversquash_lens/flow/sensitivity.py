@@ -91,9 +91,15 @@ class Sensitivity:
     def _repr_html_(self) -> str:
         n_layers, n = self.values.shape
         probes = f", {self.n_probes} probes" if self.n_probes else ""
+        measured = [r + 1 for r in range(n_layers) if not torch.isnan(self.values[r]).all()]
+        layers = (
+            f"layers={n_layers}"
+            if len(measured) == n_layers
+            else f"layers {measured} of {n_layers}"
+        )
         head = (
             f"<b>Sensitivity</b> {self.model_name}: ‖∂h_{self.target}^(ℓ)/∂h_i^(0)‖_F, "
-            f"{self.method}{probes}; layers={n_layers}, positions={n}, target={self.target}"
+            f"{self.method}{probes}; {layers}, positions={n}, target={self.target}"
         )
         frame = self.to_dataframe().pivot(index="pos", columns="layer", values="value")
         frame.insert(0, "token", list(self.labels) or self.tokens.tolist())

@@ -92,10 +92,12 @@ def adaptive_pattern(
     coefficients = _check_coefficients(coefficients)
     p = pattern.double()
     beta = _beta_from_entropy(_entropy(p, -1), threshold, coefficients)
-    logp = torch.where(
-        p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).log(), torch.full_like(p, float("-inf"))
-    )
-    return torch.softmax(beta.unsqueeze(-1) * logp, dim=-1).to(pattern.dtype)
+    kept = p > 0
+    logp = p.clamp_min(torch.finfo(p.dtype).tiny).log()  # finite everywhere
+    # -inf only after the product: β·(−inf) would give ∂/∂β = −inf · 0 = NaN in a backward
+    # pass (token_sensitivity through the glasses); masked zeros stay exactly 0 either way
+    scaled = torch.where(kept, beta.unsqueeze(-1) * logp, torch.full_like(p, float("-inf")))
+    return torch.softmax(scaled, dim=-1).to(pattern.dtype)
 
 
 @contextlib.contextmanager

@@ -98,6 +98,10 @@ class AccuracyReport:
         return frame_html(head, table)
 
 
+#: Most prompts per (remedy, length) ``task_accuracy`` accepts: refused before any is built.
+MAX_SAMPLES = 100_000
+
+
 def _greedy(model: Any, toks: torch.Tensor, steps: int) -> torch.Tensor:
     """``steps`` greedy tokens after each row of ``toks`` (no KV cache: short answers)."""
     out = toks
@@ -146,7 +150,10 @@ def task_accuracy(
         )
     ns = sorted(set(_validate.int_list(lengths, name="lengths", minimum=None)))
     _validate.fits_context(ns, info.n_ctx, name="lengths")  # before any prompt is built
-    _validate.integer(n_samples, "n_samples", minimum=1)
+    _validate.integer(
+        n_samples, "n_samples", minimum=1, maximum=MAX_SAMPLES,
+        hint=" (prompts per remedy and length; each is a greedy decode)",
+    )  # fmt: skip
     _validate.integer(batch_size, "batch_size", minimum=1)
     _validate.integer(extra_tokens, "extra_tokens", minimum=0)
     _validate.integer(seed, "seed")
