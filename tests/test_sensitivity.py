@@ -168,7 +168,8 @@ def test_model_unchanged_when_forward_raises(arch_model):
     assert_unchanged(arch_model, snap)
 
 
-def test_model_unchanged_when_backward_raises(llama, monkeypatch):
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_model_unchanged_when_backward_raises(llama, monkeypatch, checkpoint):
     snap = _snapshot(llama)
 
     def boom(*args, **kwargs):
@@ -176,9 +177,10 @@ def test_model_unchanged_when_backward_raises(llama, monkeypatch):
 
     monkeypatch.setattr(sensitivity.torch.autograd, "grad", boom)
     with pytest.raises(RuntimeError, match="injected in backward"):
-        token_sensitivity(llama, TOKENS, method="estimate", n_probes=2)
+        token_sensitivity(llama, TOKENS, method="estimate", n_probes=2, checkpoint=checkpoint)
     monkeypatch.undo()
     assert_unchanged(llama, snap)
+    assert all("forward" not in b.__dict__ for b in llama.blocks)  # checkpointing undone
 
 
 def test_result_views(llama):
