@@ -71,7 +71,7 @@ def capture(
 
         return hook
 
-    if stop_at_layer is None:  # nothing after the last hooked block is needed (no logits)
+    if stop_at_layer is None:  # nothing after the last hooked block is needed
         stop_at_layer = _last_block(model, names)
     run_with_hooks(model, tokens, [(n, make_hook(n)) for n in names], stop_at_layer=stop_at_layer)
     missing = [n for n in names if n not in store]
@@ -83,8 +83,9 @@ def capture(
 
 
 def _last_block(model: Any, names: Sequence[str]) -> int | None:
-    """``b + 1`` when every name is a hook inside blocks ``0..b`` (the forward pass can then
-    stop after block ``b``: no final norm, no unembedding, no logits); else None."""
+    """``b + 1`` when every name is a hook inside blocks ``0..b``, else None: the forward pass
+    may stop before block ``b + 1``. (transformer-lens 4 stops a bridge at the entry of that
+    block, so with ``b`` the last block it still runs the unembedding; 3.x stops after ``b``.)"""
     blocks = []
     for name in names:
         head, _, rest = name.partition(".")

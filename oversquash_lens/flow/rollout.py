@@ -228,15 +228,17 @@ def _rollout_streamed(
     dtype = torch.float64 if _tl.model_dtype(model) == torch.float64 else torch.float32
     names = [_tl.pattern_name(b) for b in range(_tl.require_attention(model).n_layers)]
     blocks = {name: b for b, name in enumerate(names)}
+    # the only per-layer state: each head mean is summed straight into its slot (no copies)
+    means = torch.empty(len(names), m, m, dtype=dtype, device=_tl.model_device(model))
 
     def head_mean(name: str, x: Tensor) -> Tensor:
-        buf = torch.empty(1, m, m, dtype=dtype, device=x.device)
-        layer = _read_layer(x[0, None].detach(), 0, m, buf, dtype, sinks, label=blocks[name])
-        return layer.matrix.mul_(layer.scale)  # [1, m, m]
+        b = blocks[name]
+        layer = _read_layer(x[0, None].detach(), 0, m, means[b : b + 1], dtype, sinks, label=b)
+        means[b].mul_(layer.scale)
+        return x.new_empty(0)  # what capture keeps of this hook: nothing
 
     with applied(model, intervention):
-        store = _tl.capture(model, toks, names, transform=head_mean)
-    means = torch.cat([store[name] for name in names])
+        _tl.capture(model, toks, names, transform=head_mean)
     # renormalised heads give a row-stochastic mean; "keep" leaves the sink's share out of it
     out = attention_rollout(
         means,
