@@ -119,8 +119,8 @@ def _hf_model(
             **common,
         )
         cls = tf.LlamaForCausalLM
-    elif arch == "gemma":
-        cfg = tf.GemmaConfig(
+    elif arch in ("gemma", "gemma3"):
+        shape = dict(
             max_position_embeddings=n_ctx,
             hidden_size=d_model,
             num_hidden_layers=n_layers,
@@ -130,24 +130,16 @@ def _hf_model(
             intermediate_size=2 * d_model,
             **common,
         )
-        cls = tf.GemmaForCausalLM
-    elif arch == "gemma3":
-        cfg = tf.Gemma3TextConfig(
-            max_position_embeddings=n_ctx,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv_heads or 1,
-            head_dim=d_model // n_heads,
-            intermediate_size=2 * d_model,
-            sliding_window=overrides.pop("sliding_window", 4),
-            layer_types=[
+        if arch == "gemma":
+            cfg, cls = tf.GemmaConfig(**shape), tf.GemmaForCausalLM
+        else:  # local layers with a sliding window, every third layer global
+            layer_types = [
                 "full_attention" if (i + 1) % 3 == 0 else "sliding_attention"
                 for i in range(n_layers)
-            ],
-            **common,
-        )
-        cls = tf.Gemma3ForCausalLM
+            ]
+            window = overrides.pop("sliding_window", 4)
+            cfg = tf.Gemma3TextConfig(**shape, sliding_window=window, layer_types=layer_types)
+            cls = tf.Gemma3ForCausalLM
     elif arch == "bloom":
         cfg = tf.BloomConfig(hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **common)
         cls = tf.BloomForCausalLM
