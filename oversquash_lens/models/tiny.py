@@ -120,7 +120,7 @@ def _hf_model(
         )
         cls = tf.LlamaForCausalLM
     elif arch in ("gemma", "gemma3"):
-        shape = dict(
+        shape: dict[str, Any] = dict(
             max_position_embeddings=n_ctx,
             hidden_size=d_model,
             num_hidden_layers=n_layers,
