@@ -487,3 +487,56 @@ def test_a_block_that_is_not_a_sum_is_refused(gpt2, monkeypatch):
     monkeypatch.setattr(routes_module, "_keep", doubled)
     with pytest.raises(UnsupportedModelError, match="not residual \\+ attention \\+ MLP"):
         information_flow(gpt2, TOKENS)
+
+
+# ------------------------------------------------------------------ packed causal patterns
+def test_causal_patterns_read_like_the_dense_tensor():
+    """The packed triangles answer every read exactly as the dense causal tensor does."""
+    from oversquash_lens.flow._causal import CausalPatterns, pack_causal
+
+    g = torch.Generator().manual_seed(3)
+    layers, heads, n = 3, 4, 11
+    dense = torch.rand(layers, heads, n, n, generator=g).tril()
+    store = CausalPatterns([pack_causal(dense[b]) for b in range(layers)], n)
+    assert store.shape == dense.shape and store.dtype == dense.dtype
+    assert store.nbytes() == layers * heads * n * (n + 1) // 2 * 4
+    assert store.dense_nbytes() == dense.numel() * 4
+    assert torch.equal(store.dense(), dense)
+    for b in range(layers):
+        assert torch.equal(store.layer(b), dense[b])
+        for q in range(n):
+            for k in range(n):
+                assert store.entry(b, 1, q, k) == float(dense[b, 1, q, k])
+    queries = [0, 3, 4, 10]  # rows that end before, inside and after the key range
+    for k0, k1 in [(0, n), (2, 6), (5, 11), (10, 11)]:
+        got = store.rows(1, torch.tensor(queries), k0, k1)
+        assert torch.equal(got, dense[1][:, queries, k0:k1])
+    assert "MiB packed" in repr(store)
+
+
+def test_flow_routes_keep_patterns_packed_and_equal_to_the_cache(llama):
+    """``FlowRoutes.patterns`` (dense, built on access) and ``layer_patterns`` equal the
+    patterns of ``run_with_cache``; the result holds only the packed triangles until asked."""
+    routes = information_flow(llama, TOKENS)
+    assert "dense" not in routes._memo
+    n = TOKENS.shape[1]
+    assert routes.causal_patterns.nbytes() == routes.n_layers * routes.n_heads * n * (n + 1) * 2
+    _, cache = llama.run_with_cache(TOKENS)
+    ref = _tl.patterns_from_cache(cache).float()
+    torch.testing.assert_close(routes.layer_patterns(-1), ref[-1], rtol=0, atol=0)
+    torch.testing.assert_close(routes.patterns, ref, rtol=0, atol=0)
+    assert torch.equal(routes.layer_patterns(0), routes.patterns[0])
+    with pytest.raises(InvalidArgumentError, match="layer"):
+        routes.layer_patterns(routes.n_layers)
+
+
+def test_dense_patterns_larger_than_memory_are_refused(llama, monkeypatch):
+    """Materialising more than the machine has gives a clear error naming the size and the
+    per-layer alternative, instead of a kernel killed by the OOM killer."""
+    from oversquash_lens.flow import _causal
+
+    routes = information_flow(llama, TOKENS)
+    monkeypatch.setattr(_causal, "available_bytes", lambda: 1000)
+    with pytest.raises(InvalidArgumentError, match=r"GiB available.*layer_patterns"):
+        _ = routes.patterns
+    assert routes.layer_patterns(1).shape[0] == routes.n_heads  # one layer still reads

@@ -31,7 +31,9 @@ positions), never materialising ``[head, query, key, d_model]``. ``all_positions
 for every node: ``O(L · H · n² · d_model)`` time, and the importances of both granularities take
 about half the memory of the attention patterns the result keeps anyway. Otherwise only the
 target's nodes are computed up front and the others when a walk first reaches them (memoised).
-See ``benchmarks/routes.py``.
+The patterns are kept as packed lower triangles (:mod:`._causal`): ``L·H·n(n+1)/2`` floats,
+9.1 GB for SmolLM2 at 4,096 tokens instead of 18.1 GB dense. See ``benchmarks/routes.py`` and
+``benchmarks/long_context.py``.
 """
 
 import html
@@ -47,6 +49,7 @@ from torch import Tensor
 from .. import _tl, _validate
 from .._display import frame_html
 from ..errors import UnsupportedModelError
+from ._causal import CausalPatterns, check_dense_fits, pack_causal
 from ._route_graph import KEY_CHUNK, Block, check_tau, node_importances, route_figure
 
 __all__ = ["FlowRoutes", "information_flow", "check_tau"]
@@ -67,7 +70,9 @@ class FlowRoutes:
         tokens: the ``[pos]`` token ids; ``labels`` their text.
         target: absolute target position (the walk starts at node ``(n_layers, target)``).
         resid: ``[n_layers + 1, pos, d_model]`` residual after ``ℓ`` blocks (0 = embedding).
-        patterns: ``[layer, head, query, key]`` post-softmax attention.
+        causal_patterns: the post-softmax attention, kept as packed lower triangles (half
+            the memory of a dense tensor); :attr:`patterns` gives the dense ``[layer, head,
+            query, key]`` tensor, :meth:`layer_patterns` one layer of it.
         values: ``[layer, pos, kv_head, d_head]`` value vectors (grouped K/V heads not expanded).
         w_o: ``[layer, head, d_head, d_model]`` output projections; ``b_o`` ``[layer, d_model]``
             attention output biases (None when the model has none).
@@ -83,7 +88,7 @@ class FlowRoutes:
     tokens: Int[Tensor, " pos"]
     target: int
     resid: Float[Tensor, "resid_layer pos d_model"]
-    patterns: Float[Tensor, "layer head_index query_pos key_pos"]
+    causal_patterns: CausalPatterns
     values: Float[Tensor, "layer pos kv_head d_head"]
     w_o: Float[Tensor, "layer head_index d_head d_model"]
     b_o: Float[Tensor, "layer d_model"] | None
@@ -100,11 +105,31 @@ class FlowRoutes:
     # ----------------------------------------------------------------- shape facts
     @property
     def n_layers(self) -> int:
-        return self.patterns.shape[0]
+        return self.causal_patterns.shape[0]
 
     @property
     def n_heads(self) -> int:
-        return self.patterns.shape[1]
+        return self.causal_patterns.shape[1]
+
+    @property
+    def patterns(self) -> Float[Tensor, "layer head_index query_pos key_pos"]:
+        """The dense ``[layer, head, query, key]`` post-softmax attention of this forward pass,
+        built from :attr:`causal_patterns` on first access and kept (``L·H·n²`` floats: 18 GiB
+        on SmolLM2 at 4,096 tokens, refused with a clear error when the machine has less
+        available; :meth:`layer_patterns` reads one layer)."""
+        if "dense" not in self._memo:
+            check_dense_fits(self.causal_patterns, "FlowRoutes.patterns")
+            self._memo["dense"] = self.causal_patterns.dense()
+        return self._memo["dense"]
+
+    def layer_patterns(self, layer: int) -> Float[Tensor, "head_index query_pos key_pos"]:
+        """The dense ``[head, query, key]`` attention of block ``layer`` (0-based; negative
+        counts from the end), without materialising the other layers."""
+        n = self.n_layers
+        b = _validate.integer(layer, "layer", minimum=-n, maximum=n - 1) % n
+        if "dense" in self._memo:
+            return self._memo["dense"][b]
+        return self.causal_patterns.layer(b)
 
     @property
     def n_pos(self) -> int:
@@ -296,7 +321,7 @@ class FlowRoutes:
 
     def _head_parts(self, b: int, p: int, k0: int, k1: int) -> Tensor:
         """``[head, key, d_model]`` parts of node ``(b + 1, p)`` from sources ``k0..k1-1``."""
-        alpha = self.patterns[b, :, p, k0:k1] * self._inv_scale(b, [p])
+        alpha = self.causal_patterns.rows(b, [p], k0, k1)[:, 0] * self._inv_scale(b, [p])
         return alpha[..., None] * self._value_out(b, k0, k1)
 
     def _value_norms(self, b: int) -> Tensor:
@@ -420,11 +445,19 @@ def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
         names += [_tl.resid_name(b), _tl.pattern_name(b), _tl.v_name(b), _tl.mlp_out_name(b)]
         if post[b]:
             names += list(_tl.post_attn_norm_names(b))
-    store = _tl.capture(model, toks, names, transform=_keep)
+    packed = {_tl.pattern_name(b) for b in range(n_layers)}
+
+    def keep(name: str, x: Tensor) -> Tensor:  # patterns packed as they arrive
+        kept = _keep(name, x)
+        return pack_causal(kept) if name in packed else kept
+
+    store = _tl.capture(model, toks, names, transform=keep)
+    n = toks.shape[1]
+    patterns = CausalPatterns([store.pop(_tl.pattern_name(b)) for b in range(n_layers)], n)
     resid = torch.stack([store[_tl.resid_name(b)] for b in range(n_layers + 1)])
-    patterns, values, mlp_out = (
+    values, mlp_out = (
         torch.stack([store[name(b)] for b in range(n_layers)])
-        for name in (_tl.pattern_name, _tl.v_name, _tl.mlp_out_name)
+        for name in (_tl.v_name, _tl.mlp_out_name)
     )
     w_o = torch.stack([_tl.w_o(model, b).float() for b in range(n_layers)]).to(resid.device)
     biases = [_tl.b_o(model, b) for b in range(n_layers)]
@@ -434,7 +467,7 @@ def _capture(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
         weight, inv_scale = _post_norms(store, n_layers, info.name)
     return {
         "resid": resid,
-        "patterns": patterns,
+        "causal_patterns": patterns,
         "values": values,
         "w_o": w_o,
         "b_o": b_o,
@@ -484,7 +517,7 @@ def _identity_error(r: FlowRoutes) -> Tensor:
     rows = []
     for b in range(r.n_layers):
         v = r.values[b].repeat_interleave(r.n_heads // r.values.shape[2], dim=1)
-        z = torch.einsum("hqk,khd->qhd", r.patterns[b], v)
+        z = torch.einsum("hqk,khd->qhd", r.causal_patterns.layer(b), v)
         attn = torch.einsum("qhd,hdm->qm", z, r.w_o[b])
         if r.b_o is not None:
             attn = attn + r.b_o[b]

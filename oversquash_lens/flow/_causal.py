@@ -1,0 +1,130 @@
+"""Causal attention patterns stored packed: only the ``key ≤ query`` triangle of every head, half
+the memory of ``[layer, head, query, key]`` (docs/architecture.md "Long contexts").
+
+The route graph of :func:`~oversquash_lens.information_flow` reads attention rows one node at a
+time, but must keep every layer's pattern because the walk decides later which nodes it reaches.
+A causal pattern is zero above the diagonal, so row ``q`` of a head holds ``q + 1`` numbers;
+packing them row after row stores ``n (n + 1) / 2`` per head instead of ``n²``. On SmolLM2 at
+4,096 tokens that is 9.1 GB instead of 18.1 GB, which is what makes one target fit in 24 GiB.
+Rows come back as slices of the packed buffer (one row is contiguous), so reading a node's
+attention costs what reading it from a dense tensor costs.
+"""
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["CausalPatterns", "pack_causal"]
+
+
+def pack_causal(pattern: Float[Tensor, "head query key"]) -> Float[Tensor, "head packed"]:
+    """The ``key ≤ query`` entries of every head, row-major (row ``q`` starts at ``q(q+1)/2``).
+    Entries above the diagonal are dropped: they are zero in a causal pattern (the validators of
+    :mod:`.rollout` refuse patterns that put mass there)."""
+    n = pattern.shape[-1]
+    mask = torch.ones(n, n, dtype=torch.bool, device=pattern.device).tril_()
+    return pattern.masked_select(mask).view(pattern.shape[0], -1)
+
+
+class CausalPatterns:
+    """``[layer, head, query, key]`` causal attention kept as packed lower triangles.
+
+    Built from a list of :func:`pack_causal` buffers, one ``[head, n(n+1)/2]`` per layer.
+    ``shape``, ``dtype`` and ``device`` describe the dense tensor it stands for; :meth:`layer`
+    and :meth:`dense` materialise it, :meth:`rows` and :meth:`entry` read without doing so.
+    """
+
+    def __init__(self, packed: list[Tensor], n_pos: int):
+        self._packed = packed
+        self._n = n_pos
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self._packed), self._packed[0].shape[0], self._n, self._n))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._packed[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._packed[0].device
+
+    def nbytes(self) -> int:
+        """Bytes held (the packed triangles)."""
+        return sum(p.numel() * p.element_size() for p in self._packed)
+
+    def dense_nbytes(self) -> int:
+        """Bytes the dense ``[layer, head, query, key]`` tensor would take."""
+        return self.shape.numel() * self._packed[0].element_size()
+
+    def __repr__(self) -> str:
+        return (
+            f"CausalPatterns(shape={tuple(self.shape)}, dtype={self.dtype}, "
+            f"{self.nbytes() / 2**20:.0f} MiB packed)"
+        )
+
+    # ------------------------------------------------------------------ reads
+    def entry(self, layer: int, head: int, query: int, key: int) -> float:
+        """One weight ``α^{layer,head}_{query,key}`` (0 above the diagonal)."""
+        if key > query:
+            return 0.0
+        return float(self._packed[layer][head, query * (query + 1) // 2 + key])
+
+    def rows(
+        self, layer: int, queries: Tensor | list[int], k0: int, k1: int
+    ) -> Float[Tensor, "head query key"]:
+        """``[head, len(queries), k1 − k0]``: keys ``k0..k1-1`` of the given query rows, zeros
+        where a key lies after its query (as in the dense causal pattern)."""
+        flat = self._packed[layer]
+        q = torch.as_tensor(queries, device=flat.device).reshape(-1, 1)
+        keys = torch.arange(k0, k1, device=flat.device).reshape(1, -1)
+        index = q * (q + 1) // 2 + keys  # [query, key] offsets in the packed row-major triangle
+        valid = keys <= q
+        out = flat[:, index.where(valid, torch.zeros_like(index))]
+        return out.masked_fill_(~valid, 0.0)
+
+    def layer(self, layer: int) -> Float[Tensor, "head query key"]:
+        """The dense ``[head, query, key]`` pattern of one layer (``H·n²`` floats)."""
+        flat = self._packed[layer]
+        out = torch.zeros(flat.shape[0], self._n, self._n, dtype=flat.dtype, device=flat.device)
+        mask = torch.ones(self._n, self._n, dtype=torch.bool, device=flat.device).tril_()
+        return out.masked_scatter_(mask, flat)
+
+    def dense(self) -> Float[Tensor, "layer head query key"]:
+        """The dense ``[layer, head, query, key]`` tensor (``L·H·n²`` floats)."""
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        for b in range(len(self._packed)):
+            out[b] = self.layer(b)
+        return out
+
+
+def available_bytes() -> int | None:
+    """``MemAvailable`` of this machine (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_dense_fits(patterns: CausalPatterns, what: Any) -> None:
+    """Refuse to materialise a dense CPU tensor larger than the memory available (a Jupyter
+    kernel killed by the OOM killer loses everything; a clear error loses nothing)."""
+    need = patterns.dense_nbytes()
+    free = available_bytes() if patterns.device.type == "cpu" else None
+    if free is not None and need > free:
+        raise InvalidArgumentError(
+            f"{what}: the dense [layer, head, query, key] patterns {tuple(patterns.shape)} "
+            f"take {need / 2**30:.1f} GiB and this machine has {free / 2**30:.1f} GiB "
+            "available; read them a layer at a time with routes.layer_patterns(layer) "
+            "(or routes.causal_patterns.rows(...))"
+        )
