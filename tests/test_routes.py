@@ -26,7 +26,7 @@ from oversquash_lens import (
     oversquash_profile,
     testing,
 )
-from oversquash_lens.flow import routes as routes_module
+from oversquash_lens.flow import _route_capture as route_capture
 
 from .conftest import assert_unchanged, state_snapshot
 
@@ -469,7 +469,7 @@ def test_model_unchanged_and_hooks_removed(arch_model, monkeypatch):
     def boom(name, x):
         raise RuntimeError("inside a hook")
 
-    monkeypatch.setattr(routes_module, "_keep", boom)
+    monkeypatch.setattr(route_capture, "_keep", boom)
     with pytest.raises(RuntimeError, match="inside a hook"):
         information_flow(arch_model, TOKENS)
     assert_unchanged(arch_model, snap)
@@ -478,13 +478,13 @@ def test_model_unchanged_and_hooks_removed(arch_model, monkeypatch):
 def test_a_block_that_is_not_a_sum_is_refused(gpt2, monkeypatch):
     """If the captured parts do not add up (here: MLP outputs doubled after capture), the
     identity check refuses instead of returning wrong routes."""
-    real = routes_module._keep
+    real = route_capture._keep
 
     def doubled(name, x):
         out = real(name, x)
         return out * 2 if name.endswith("hook_mlp_out") else out
 
-    monkeypatch.setattr(routes_module, "_keep", doubled)
+    monkeypatch.setattr(route_capture, "_keep", doubled)
     with pytest.raises(UnsupportedModelError, match="not residual \\+ attention \\+ MLP"):
         information_flow(gpt2, TOKENS)
 
