@@ -59,15 +59,19 @@ def capture(
     """Capture the listed hook activations in one forward pass (detached copies).
 
     ``transform(name, activation)`` may shrink each activation inside the hook (e.g. keep only a
-    few positions) so memory stays proportional to what is kept, never a full cache.
+    few positions) so memory stays proportional to what is kept, never a full cache. What it
+    returns is copied when it shares memory with the activation (a view, or the activation
+    itself), and kept as it is otherwise (a tensor the transform just built).
     """
     store: dict[str, Tensor] = {}
 
     def make_hook(name: str) -> Callable[..., None]:
         # Bind the name we asked for: TL 4 passes alias hook points (hook.name may differ).
         def hook(x: Tensor, hook: Any) -> None:
-            kept = transform(name, x) if transform is not None else x
-            store[name] = kept.detach().clone()
+            kept = (transform(name, x) if transform is not None else x).detach()
+            if kept.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                kept = kept.clone()  # a view of the activation: the model may reuse it
+            store[name] = kept
 
         return hook
 

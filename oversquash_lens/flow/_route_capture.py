@@ -39,9 +39,10 @@ def capture_routes(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
     store = _tl.capture(model, toks, names, transform=keep)
     n = toks.shape[1]
     patterns = CausalPatterns([store.pop(_tl.pattern_name(b)) for b in range(n_layers)], n)
-    resid = torch.stack([store[_tl.resid_name(b)] for b in range(n_layers + 1)])
+    # popped while stacked: each group's per-layer copies are freed before the next is stacked
+    resid = torch.stack([store.pop(_tl.resid_name(b)) for b in range(n_layers + 1)])
     values, mlp_out = (
-        torch.stack([store[name(b)] for b in range(n_layers)])
+        torch.stack([store.pop(name(b)) for b in range(n_layers)])
         for name in (_tl.v_name, _tl.mlp_out_name)
     )
     w_o = torch.stack([_tl.w_o(model, b).float() for b in range(n_layers)]).to(resid.device)
