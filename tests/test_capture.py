@@ -133,3 +133,29 @@ def test_ragged_text_batches_are_refused(llama):
         capture_residuals(llama, ["1 1 1 1 1", "1 1"], positions=-1)
     same = capture_residuals(llama, ["1 1", "2 2"], positions=-1)  # equal lengths still work
     assert same.states.shape[0] == 2
+
+
+def test_internal_capture_copies_views_and_keeps_built_tensors(llama):
+    """``_tl.capture`` never keeps memory the model may reuse: a transform returning the
+    activation or a view of it is copied, a tensor the transform built is kept as is (no second
+    copy, what lets information_flow pack patterns without doubling them)."""
+    from oversquash_lens import _tl, eager_attention
+
+    toks = torch.arange(3, 11)[None]
+    seen: dict[str, tuple[int, int]] = {}
+    view, built = _tl.resid_name(1), _tl.resid_name(2)
+
+    def transform(name, x):
+        out = x[0] if name == view else x[0] * 2.0
+        seen[name] = (x.untyped_storage().data_ptr(), out.untyped_storage().data_ptr())
+        return out
+
+    with eager_attention():  # bitwise comparable with run_with_cache below
+        store = _tl.capture(llama, toks, [view, built], transform=transform)
+    activation, kept_view = seen[view]
+    assert kept_view == activation  # the transform did return a view...
+    assert store[view].untyped_storage().data_ptr() != activation  # ...which was copied
+    assert store[built].untyped_storage().data_ptr() == seen[built][1]  # kept, not copied
+    _, cache = llama.run_with_cache(toks)
+    torch.testing.assert_close(store[view], cache[view][0], rtol=0, atol=0)
+    torch.testing.assert_close(store[built], 2.0 * cache[built][0], rtol=0, atol=0)
