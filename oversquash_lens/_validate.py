@@ -189,7 +189,7 @@ def integer(
     maximum: int | None = None,
     hint: str = "",
 ) -> int:
-    """``value`` as a Python int (Python, numpy or 0-d integer tensors) within
+    """``value`` as a Python int (Python, numpy or one-element integer tensors) within
     ``[minimum, maximum]``; bools, floats, strings and out-of-range values raise
     InvalidArgumentError naming the value (``hint``, e.g. why there is a maximum, is
     appended to an out-of-range message). The one integer check of the package."""

@@ -28,7 +28,7 @@ from oversquash_lens import (
 )
 from oversquash_lens.flow import _route_capture as route_capture
 
-from .conftest import assert_unchanged, state_snapshot
+from .conftest import assert_unchanged, state_snapshot, without_runtime_type_checks
 
 TOKENS = torch.arange(4, 20)[None]  # 16 positions in the tiny vocabulary
 WORST: dict[str, float] = {}
@@ -499,8 +499,8 @@ def test_causal_patterns_read_like_the_dense_tensor():
     dense = torch.rand(layers, heads, n, n, generator=g).tril()
     store = CausalPatterns([pack_causal(dense[b]) for b in range(layers)], n)
     assert store.shape == dense.shape and store.dtype == dense.dtype
-    assert store.nbytes() == layers * heads * n * (n + 1) // 2 * 4
-    assert store.dense_nbytes() == dense.numel() * 4
+    assert store.nbytes == layers * heads * n * (n + 1) // 2 * 4
+    assert store.dense_nbytes == dense.numel() * 4
     assert torch.equal(store.dense(), dense)
     for b in range(layers):
         assert torch.equal(store.layer(b), dense[b])
@@ -520,7 +520,7 @@ def test_flow_routes_keep_patterns_packed_and_equal_to_the_cache(llama):
     routes = information_flow(llama, TOKENS)
     assert "dense" not in routes._memo
     n = TOKENS.shape[1]
-    assert routes.causal_patterns.nbytes() == routes.n_layers * routes.n_heads * n * (n + 1) * 2
+    assert routes.causal_patterns.nbytes == routes.n_layers * routes.n_heads * n * (n + 1) * 2
     _, cache = llama.run_with_cache(TOKENS)
     ref = _tl.patterns_from_cache(cache).float()
     torch.testing.assert_close(routes.layer_patterns(-1), ref[-1], rtol=0, atol=0)
@@ -537,6 +537,67 @@ def test_dense_patterns_larger_than_memory_are_refused(llama, monkeypatch):
 
     routes = information_flow(llama, TOKENS)
     monkeypatch.setattr(_causal, "available_bytes", lambda: 1000)
-    with pytest.raises(InvalidArgumentError, match=r"GiB available.*layer_patterns"):
+    with pytest.raises(InvalidArgumentError, match=r"1,000 bytes available.*layer_patterns"):
         _ = routes.patterns
     assert routes.layer_patterns(1).shape[0] == routes.n_heads  # one layer still reads
+
+
+def test_causal_pattern_reads_resolve_and_refuse_indices_like_the_dense_tensor(llama):
+    """Negative indices read the same weights as the dense tensor; out-of-range, float and
+    boolean indices are refused naming the value (never a weight of a neighbouring row)."""
+    routes = information_flow(llama, TOKENS)
+    cp, dense = routes.causal_patterns, routes.patterns
+    n = TOKENS.shape[1]
+    assert cp.entry(0, 0, 3, -1) == float(dense[0, 0, 3, -1]) == 0.0  # above the diagonal
+    assert cp.entry(-1, -1, -2, -2) == float(dense[-1, -1, -2, -2])
+    assert torch.equal(cp.rows(0, [-1, 2, 2], 0, 3), dense[0][:, [-1, 2, 2], 0:3])
+    assert torch.equal(cp.rows(-1, torch.tensor([5, 0])), dense[-1][:, [5, 0]])
+    assert cp.rows(0, [], 0, 3).shape == (routes.n_heads, 0, 3)
+    assert cp.nbytes * 2 == cp.dense_nbytes * (n + 1) // n
+    for call, match in [
+        (lambda: cp.entry(0, 0, n, 0), "query=16"),
+        (lambda: cp.entry(0, routes.n_heads, 0, 0), "head=4"),
+        (lambda: cp.rows(0, [0], -2, 2), "k0=-2"),
+        (lambda: cp.rows(0, [0], 3, 2), "k1=2"),
+        (lambda: cp.rows(0, torch.tensor([True, False])), "dtype torch.bool"),
+        (lambda: cp.rows(routes.n_layers, [0]), "layer="),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=re.escape(match)):
+            call()
+    with without_runtime_type_checks(), pytest.raises(InvalidArgumentError, match="query=1.5"):
+        cp.entry(0, 0, 1.5, 0)  # type: ignore[arg-type]
+    with without_runtime_type_checks(), pytest.raises(InvalidArgumentError, match="queries="):
+        cp.rows(0, [[0, 1]])
+
+
+def test_layer_patterns_is_a_copy_and_replace_shares_no_memo(llama):
+    """Writing to ``layer_patterns`` never changes ``patterns`` (before or after the dense
+    tensor exists); a ``dataclasses.replace`` copy computes its own results."""
+    import dataclasses
+
+    routes = information_flow(llama, TOKENS)
+    before = routes.patterns.clone()
+    routes.layer_patterns(0).zero_()
+    assert torch.equal(routes.patterns, before)
+    routes.drop_dense_patterns()
+    routes.layer_patterns(0).zero_()
+    assert torch.equal(routes.patterns, before)
+    other = information_flow(llama, torch.arange(20, 36)[None])
+    mixed = dataclasses.replace(routes, causal_patterns=other.causal_patterns)
+    assert torch.equal(mixed.patterns, other.patterns)
+    assert not torch.equal(mixed.patterns, routes.patterns)
+
+
+def test_attention_after_the_query_is_refused(llama):
+    """A hook that gives weight to later keys (non-causal attention) is refused by name, not
+    packed away silently."""
+
+    def leak(pattern, hook):
+        return torch.full_like(pattern, 1.0 / pattern.shape[-1])  # uniform over all keys
+
+    llama.add_hook(_tl.pattern_name(1), leak)
+    try:
+        with pytest.raises(UnsupportedModelError, match=r"blocks\.1\..*keys after their query"):
+            information_flow(llama, TOKENS)
+    finally:
+        llama.reset_hooks()

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .. import _validate
 from ..errors import InvalidArgumentError
 
 __all__ = ["CausalPatterns", "pack_causal"]
@@ -58,10 +59,12 @@ class CausalPatterns:
     def device(self) -> torch.device:
         return self._packed[0].device
 
+    @property
     def nbytes(self) -> int:
-        """Bytes held (the packed triangles)."""
+        """Bytes held (the packed triangles), like ``Tensor.nbytes``."""
         return sum(p.numel() * p.element_size() for p in self._packed)
 
+    @property
     def dense_nbytes(self) -> int:
         """Bytes the dense ``[layer, head, query, key]`` tensor would take."""
         return self.shape.numel() * self._packed[0].element_size()
@@ -69,23 +72,56 @@ class CausalPatterns:
     def __repr__(self) -> str:
         return (
             f"CausalPatterns(shape={tuple(self.shape)}, dtype={self.dtype}, "
-            f"{self.nbytes() / 2**20:.0f} MiB packed)"
+            f"{self.nbytes / 2**20:.0f} MiB packed)"
         )
 
     # ------------------------------------------------------------------ reads
     def entry(self, layer: int, head: int, query: int, key: int) -> float:
-        """One weight ``α^{layer,head}_{query,key}`` (0 above the diagonal)."""
-        if key > query:
-            return 0.0
-        return float(self._packed[layer][head, query * (query + 1) // 2 + key])
+        """One weight ``α^{layer,head}_{query,key}`` (0 above the diagonal); negative indices
+        count from the end, as in the dense tensor."""
+        n_layers, n_heads = self.shape[0], self.shape[1]
+        b = _validate.resolve_index(layer, n_layers, name="layer")
+        h = _validate.resolve_index(head, n_heads, name="head")
+        q = _validate.resolve_index(query, self._n, name="query")
+        k = _validate.resolve_index(key, self._n, name="key")
+        return self._entry(b, h, q, k)
 
     def rows(
-        self, layer: int, queries: Tensor | list[int], k0: int, k1: int
+        self, layer: int, queries: Any, k0: int = 0, k1: int | None = None
     ) -> Float[Tensor, "head query key"]:
-        """``[head, len(queries), k1 − k0]``: keys ``k0..k1-1`` of the given query rows, zeros
-        where a key lies after its query (as in the dense causal pattern)."""
-        flat = self._packed[layer]
-        q = torch.as_tensor(queries, device=flat.device).reshape(-1, 1)
+        """``[head, len(queries), k1 − k0]``: keys ``k0..k1-1`` (default all) of the given
+        query rows (ints, a list or a 1-D integer tensor/array; negatives count from the end),
+        zeros where a key lies after its query, exactly as slicing the dense causal pattern."""
+        b = _validate.resolve_index(layer, self.shape[0], name="layer")
+        q = self._queries(queries)
+        lo = _validate.integer(k0, "k0", minimum=0, maximum=self._n)
+        hi = self._n if k1 is None else _validate.integer(k1, "k1", minimum=lo, maximum=self._n)
+        return self._rows(b, q, lo, hi)
+
+    def _queries(self, queries: Any) -> Tensor:
+        device = self.device
+        if isinstance(queries, Tensor) or type(queries).__name__ == "ndarray":
+            if not _integer_array(queries):
+                raise InvalidArgumentError(
+                    f"queries has dtype {queries.dtype}: give query positions as integers"
+                )
+            if queries.ndim > 1:
+                raise InvalidArgumentError(f"queries has shape {tuple(queries.shape)}: give 1-D")
+            queries = queries.reshape(-1).tolist()
+        elif not isinstance(queries, (list, tuple, range)):
+            queries = [queries]
+        kept = [_validate.resolve_index(q, self._n, name="queries") for q in queries]
+        return torch.tensor(kept, dtype=torch.long, device=device)
+
+    def _entry(self, b: int, h: int, q: int, k: int) -> float:
+        """:meth:`entry` for indices already in range (the route graph's inner loop)."""
+        return 0.0 if k > q else float(self._packed[b][h, q * (q + 1) // 2 + k])
+
+    def _rows(self, b: int, queries: Tensor, k0: int, k1: int) -> Tensor:
+        """:meth:`rows` for in-range ``b``, non-negative long ``queries`` and ``0 ≤ k0 ≤ k1 ≤
+        n`` (the route graph's inner loop: no validation)."""
+        flat = self._packed[b]
+        q = queries.reshape(-1, 1)
         keys = torch.arange(k0, k1, device=flat.device).reshape(1, -1)
         index = q * (q + 1) // 2 + keys  # [query, key] offsets in the packed row-major triangle
         valid = keys <= q
@@ -124,12 +160,25 @@ def available_bytes() -> int | None:
 def check_dense_fits(patterns: CausalPatterns, what: Any) -> None:
     """Refuse to materialise a dense CPU tensor larger than the memory available (a Jupyter
     kernel killed by the OOM killer loses everything; a clear error loses nothing)."""
-    need = patterns.dense_nbytes()
+    need = patterns.dense_nbytes
     free = available_bytes() if patterns.device.type == "cpu" else None
     if free is not None and need > free:
         raise InvalidArgumentError(
             f"{what}: the dense [layer, head, query, key] patterns {tuple(patterns.shape)} "
-            f"take {need / 2**30:.1f} GiB and this machine has {free / 2**30:.1f} GiB "
-            "available; read them a layer at a time with routes.layer_patterns(layer) "
-            "(or routes.causal_patterns.rows(...))"
+            f"take {_size(need)} and this machine has {_size(free)} available; read them a "
+            "layer at a time with routes.layer_patterns(layer) or routes.causal_patterns.rows"
+            "(layer, queries); for a rollout at this length use attention_rollout_from_model"
         )
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 2**30:
+        return f"{n_bytes / 2**30:.1f} GiB"
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes:,} bytes"
+
+
+def _integer_array(x: Any) -> bool:
+    """A tensor or numpy array of integers (bools and floats are not positions)."""
+    if isinstance(x, Tensor):
+        return not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    return getattr(x.dtype, "kind", "") in ("i", "u")

@@ -34,7 +34,11 @@ def capture_routes(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
 
     def keep(name: str, x: Tensor) -> Tensor:  # patterns packed as they arrive
         kept = _keep(name, x)
-        return pack_causal(kept) if name in packed else kept
+        if name not in packed:
+            return kept
+        out = pack_causal(kept)
+        _check_causal(kept, out, name, info.name)
+        return out
 
     store = _tl.capture(model, toks, names, transform=keep)
     n = toks.shape[1]
@@ -61,6 +65,20 @@ def capture_routes(model: Any, toks: Tensor, info: Any) -> dict[str, Any]:
         "norm_weight": weight,
         "norm_inv_scale": inv_scale,
     }
+
+
+def _check_causal(pattern: Tensor, packed: Tensor, name: str, model: str) -> None:
+    """Refuse attention with weight on keys after their query: packing keeps only ``key ≤
+    query``. Post-softmax weights are non-negative, so any such weight shows as a total over
+    each head above the packed triangle's (one pass over the pattern, no copy)."""
+    full, kept = pattern.sum((-2, -1), dtype=torch.float64), packed.sum(-1, dtype=torch.float64)
+    excess = float((full - kept).abs().max())
+    if excess > 1e-5 * max(1.0, float(kept.abs().max())):
+        raise UnsupportedModelError(
+            f"model {model!r}: {name} puts weight {excess:.3g} on keys after their query "
+            "(attention that is not causal, e.g. from a hook or a bidirectional model); "
+            "information_flow decomposes causal attention only"
+        )
 
 
 def _keep(name: str, x: Tensor) -> Tensor:

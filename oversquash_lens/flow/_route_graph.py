@@ -66,7 +66,7 @@ class Block:
             for h, j in attn.tolist():
                 imp = float(level.attn[h, j])
                 if vnorm is not None:
-                    norm = r.causal_patterns.entry(b, h, t, j) * inv * float(vnorm[h, j])
+                    norm = r.causal_patterns._entry(b, h, t, j) * inv * float(vnorm[h, j])
                 else:
                     norm = float(r._head_parts(b, t, j, j + 1).sum(0).norm())
                 yield b, h if self.by_head else "attn", j, t, imp, norm, float(w) * imp
@@ -103,7 +103,7 @@ def node_importances(routes: Any, b: int, positions: list[int]) -> Iterator[tupl
         rows = max(1, r.chunk_elements // ((r.n_heads + 1) * (k1 - k0) * d))
         for q0 in range(first, len(positions), rows):
             q1 = min(len(positions), q0 + rows)
-            alpha = r.causal_patterns.rows(b, pos[q0:q1], k0, k1)  # [head, qq, c]
+            alpha = r.causal_patterns._rows(b, pos[q0:q1], k0, k1)  # [head, qq, c]
             alpha = alpha * inv[q0:q1, None]
             parts = alpha[..., None] * vw[:, None]  # [head, qq, c, d]
             summed = parts.sum(0, keepdim=True)  # heads summed: one part per source

@@ -101,7 +101,9 @@ class FlowRoutes:
     model_name: str = ""
     all_positions: bool = False
     chunk_elements: int = _CHUNK_ELEMENTS
-    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # memoised node importances and the dense patterns; never shared with a copy made by
+    # dataclasses.replace (init=False), so a replaced field cannot serve stale results
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- shape facts
     @property
@@ -117,7 +119,8 @@ class FlowRoutes:
         """The dense ``[layer, head, query, key]`` post-softmax attention of this forward pass,
         built from :attr:`causal_patterns` on first access and kept (``L·H·n²`` floats: 18 GiB
         on SmolLM2 at 4,096 tokens, refused with a clear error when the machine has less
-        available; :meth:`layer_patterns` reads one layer)."""
+        available; :meth:`layer_patterns` reads one layer, :meth:`drop_dense_patterns` frees
+        it)."""
         if "dense" not in self._memo:
             check_dense_fits(self.causal_patterns, "FlowRoutes.patterns")
             self._memo["dense"] = self.causal_patterns.dense()
@@ -125,12 +128,16 @@ class FlowRoutes:
 
     def layer_patterns(self, layer: int) -> Float[Tensor, "head_index query_pos key_pos"]:
         """The dense ``[head, query, key]`` attention of block ``layer`` (0-based; negative
-        counts from the end), without materialising the other layers."""
+        counts from the end), without materialising the other layers; a new tensor each call."""
         n = self.n_layers
         b = _validate.integer(layer, "layer", minimum=-n, maximum=n - 1) % n
-        if "dense" in self._memo:
-            return self._memo["dense"][b]
+        if "dense" in self._memo:  # a copy: writing to it never changes `patterns`
+            return self._memo["dense"][b].clone()
         return self.causal_patterns.layer(b)
+
+    def drop_dense_patterns(self) -> None:
+        """Free the dense tensor :attr:`patterns` built (it is rebuilt on the next access)."""
+        self._memo.pop("dense", None)
 
     @property
     def n_pos(self) -> int:
@@ -322,7 +329,9 @@ class FlowRoutes:
 
     def _head_parts(self, b: int, p: int, k0: int, k1: int) -> Tensor:
         """``[head, key, d_model]`` parts of node ``(b + 1, p)`` from sources ``k0..k1-1``."""
-        alpha = self.causal_patterns.rows(b, [p], k0, k1)[:, 0] * self._inv_scale(b, [p])
+        pattern = self.causal_patterns
+        alpha = pattern._rows(b, torch.tensor([p], device=pattern.device), k0, k1)[:, 0]
+        alpha = alpha * self._inv_scale(b, [p])
         return alpha[..., None] * self._value_out(b, k0, k1)
 
     def _value_norms(self, b: int) -> Tensor:
