@@ -374,3 +374,23 @@ def test_numpy_bools_are_flags_and_huge_sample_counts_are_refused(llama):
     assert _validate.flag(np.bool_(False), "progress") is False
     with refused("n_samples=1000000000"):
         task_accuracy(llama, "count-bernoulli", [2], n_samples=10**9)
+
+
+def test_a_model_without_weights_is_refused(llama):
+    """A model whose weights are all ``meta`` tensors (shapes, no values) is refused by name
+    before any forward, instead of PyTorch's "Cannot copy out of meta tensor"."""
+    import copy
+
+    import oversquash_lens as osl
+    from oversquash_lens import UnsupportedModelError
+
+    empty = copy.deepcopy(llama).to("meta")
+    toks = torch.arange(3, 11)[None]
+    for run in (
+        lambda: osl.information_flow(empty, toks),
+        lambda: osl.capture_residuals(empty, toks),
+        lambda: osl.token_sensitivity(empty, toks),
+    ):
+        with pytest.raises(UnsupportedModelError, match="meta device"):
+            run()
+    osl.capture_residuals(llama, toks)  # the original still runs

@@ -122,6 +122,23 @@ def is_offloaded(model: Any) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
+def require_weights(model: Any, name: str) -> None:
+    """Refuse a model whose every weight is a ``meta`` tensor (shapes only, no values, e.g.
+    after ``model.to("meta")``) unless accelerate fills them in during its forward (an
+    offloaded ``device_map`` model carries ``_hf_hook``s): nothing could be measured."""
+    params = iter(model.parameters())
+    first = next(params, None)
+    if first is None or not first.is_meta or not all(p.is_meta for p in params):
+        return
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return
+    raise UnsupportedModelError(
+        f"model {name!r} has all its weights on the meta device (shapes, no values): load real "
+        "weights first (e.g. model.to_empty(device='cpu') then load_state_dict, or "
+        "oversquash_lens.load_model)"
+    )
+
+
 @contextlib.contextmanager
 def readable_weights(module: torch.nn.Module) -> Iterator[None]:
     """Offloaded weights of ``module`` and its descendants materialised for the duration

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._validate import short as _short
 from ..errors import InvalidTokensError
-from .facts import ModelInfo, model_device, model_info
+from .facts import ModelInfo, model_device, model_info, require_weights
 
 
 def prepare_tokens(
@@ -20,6 +20,7 @@ def prepare_tokens(
     a list of equal-length lists of ints, or a 1-D/2-D integer tensor.
     """
     info = info or model_info(model)
+    require_weights(model, info.name)
     if isinstance(tokens, str) or (
         isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)
     ):
