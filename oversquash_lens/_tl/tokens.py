@@ -24,26 +24,7 @@ def prepare_tokens(
     if isinstance(tokens, str) or (
         isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)
     ):
-        if getattr(model, "tokenizer", None) is None:
-            raise InvalidTokensError(
-                f"{name}={_short(tokens)} is text but the model has no tokenizer; pass token ids"
-            )
-        if isinstance(tokens, str) and not tokens:
-            raise InvalidTokensError(f"{name}='' is empty")
-        if isinstance(tokens, (list, tuple)) and len(tokens) > 1:
-            # to_tokens right-pads a ragged batch: position -1 of a shorter text would then be
-            # a pad token, silently. Texts of different token lengths are refused here.
-            lengths = {int(model.to_tokens(t, truncate=False).shape[1]) for t in tokens}
-            if len(lengths) > 1 and max(lengths) <= info.n_ctx:  # too long: refused below
-                raise InvalidTokensError(
-                    f"{name} holds texts of different token lengths {sorted(lengths)}; they "
-                    "would be padded, so the last position of a shorter text would be a pad "
-                    "token: pass the texts one at a time, or equal-length token ids"
-                )
-        try:  # never let to_tokens cut text at n_ctx silently: too long must raise below
-            tokens = model.to_tokens(tokens, truncate=False)
-        except TypeError:  # a duck-typed model whose to_tokens has no ``truncate``
-            tokens = model.to_tokens(tokens)
+        tokens = _from_text(model, tokens, info, name)
     if not isinstance(tokens, Tensor):
         try:
             tokens = torch.tensor(tokens)
@@ -87,3 +68,30 @@ def single_sequence(
             "sequence ([pos] or [1, pos])"
         )
     return toks
+
+
+def _from_text(model: Any, texts: Any, info: ModelInfo, name: str) -> Tensor:
+    """Text (one string or a list of equal-length texts) tokenized with ``model.to_tokens``,
+    never truncated at n_ctx (too long is refused by the caller)."""
+    tokens = texts
+    if getattr(model, "tokenizer", None) is None:
+        raise InvalidTokensError(
+            f"{name}={_short(tokens)} is text but the model has no tokenizer; pass token ids"
+        )
+    if isinstance(tokens, str) and not tokens:
+        raise InvalidTokensError(f"{name}='' is empty")
+    if isinstance(tokens, (list, tuple)) and len(tokens) > 1:
+        # to_tokens right-pads a ragged batch: position -1 of a shorter text would then be
+        # a pad token, silently. Texts of different token lengths are refused here.
+        lengths = {int(model.to_tokens(t, truncate=False).shape[1]) for t in tokens}
+        if len(lengths) > 1 and max(lengths) <= info.n_ctx:  # too long: the caller refuses
+            raise InvalidTokensError(
+                f"{name} holds texts of different token lengths {sorted(lengths)}; they "
+                "would be padded, so the last position of a shorter text would be a pad "
+                "token: pass the texts one at a time, or equal-length token ids"
+            )
+    try:  # never let to_tokens cut text at n_ctx silently: the caller refuses too long
+        tokens = model.to_tokens(tokens, truncate=False)
+    except TypeError:  # a duck-typed model whose to_tokens has no ``truncate``
+        tokens = model.to_tokens(tokens)
+    return tokens
